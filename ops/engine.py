@@ -1,0 +1,211 @@
+"""Access to the containai-docker engine through the Docker SDK.
+
+Reads return frozen dataclasses; the stop/start helpers act on many containers in parallel, each with
+its own graceful timeout, and report per container what happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ops.errors import EngineError, NotFoundError, OpsError
+
+SSH_PORT_LABEL = "containai.ssh-port"
+
+
+@dataclass(frozen=True)
+class ManagedContainer:
+    """One container on the engine, as read from ``docker inspect``."""
+
+    id: str
+    name: str
+    image: str
+    state: str
+    labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    managed: bool = True
+
+    @property
+    def running(self) -> bool:
+        """True when the container's state is running (or restarting/paused: it holds mounts)."""
+        return self.state in ("running", "restarting", "paused")
+
+    @property
+    def ssh_port(self) -> int | None:
+        """The SSH port from the ``containai.ssh-port`` label, or None."""
+        raw = self.labels.get(SSH_PORT_LABEL, "")
+        return int(raw) if raw.isdigit() and 0 < int(raw) < 65536 else None
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What happened to one container in a parallel stop or start."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+def container_from_attrs(attrs: dict[str, Any], label: str) -> ManagedContainer:
+    """Pure parser: a ``docker inspect`` document to a ManagedContainer."""
+    cfg = attrs.get("Config") or {}
+    labels = dict(cfg.get("Labels") or {})
+    key, _, value = label.partition("=")
+    name = str(attrs.get("Name", "")).lstrip("/")
+    state = (attrs.get("State") or {}).get("Status", "unknown")
+    return ManagedContainer(
+        id=str(attrs.get("Id", "")),
+        name=name,
+        image=str(cfg.get("Image", "")),
+        state=str(state),
+        labels=labels,
+        managed=labels.get(key) == value,
+    )
+
+
+class Engine:
+    """A connected Docker SDK client for one engine socket."""
+
+    def __init__(self, client: Any, docker_host: str, label: str) -> None:
+        self.client = client
+        self.docker_host = docker_host
+        self.label = label
+
+    @classmethod
+    def connect(cls, docker_host: str, label: str, timeout: int = 30) -> Engine:
+        """Connect and ping; raise EngineError with a hint when the engine does not answer."""
+        import docker
+        from docker.errors import DockerException
+
+        try:
+            client = docker.DockerClient(base_url=docker_host, timeout=timeout, max_pool_size=64)
+            client.ping()
+        except (DockerException, OSError, ValueError) as exc:
+            raise EngineError(
+                f"engine at {docker_host} is unreachable ({_short(exc)})",
+                "start it (systemctl start containai-docker) or set cai.docker_host",
+            ) from None
+        return cls(client, docker_host, label)
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+    def ping(self) -> bool:
+        """True when the engine answers a ping."""
+        try:
+            return bool(self.client.ping())
+        except Exception:
+            return False
+
+    def version(self) -> dict[str, Any]:
+        """The engine's version document."""
+        return dict(self.client.version())
+
+    def containers(self, managed_only: bool = True) -> list[ManagedContainer]:
+        """Containers on the engine, running and stopped (managed ones only by default)."""
+        filters = {"label": self.label} if managed_only else None
+        try:
+            found = self.client.containers.list(all=True, filters=filters)
+        except Exception as exc:
+            raise EngineError(f"cannot list containers on {self.docker_host} ({_short(exc)})") from None
+        return sorted((container_from_attrs(c.attrs, self.label) for c in found), key=lambda c: c.name)
+
+    def managed(self) -> list[ManagedContainer]:
+        """Managed containers (label ``cai.label``), running and stopped."""
+        return self.containers(managed_only=True)
+
+    def running_managed(self) -> list[ManagedContainer]:
+        """Managed containers that are running."""
+        return [c for c in self.managed() if c.running]
+
+    def get(self, name: str, require_managed: bool = True) -> ManagedContainer:
+        """Exact lookup by name or id; unknown and unmanaged containers are clear errors."""
+        from docker.errors import NotFound
+
+        try:
+            attrs = self.client.api.inspect_container(name)
+        except NotFound:
+            raise NotFoundError(
+                f"no container named {name!r} on {self.docker_host}",
+                "list managed containers with: inv doctor",
+            ) from None
+        except Exception as exc:
+            raise EngineError(f"cannot inspect {name!r} ({_short(exc)})") from None
+        found = container_from_attrs(attrs, self.label)
+        if found.name != name and not found.id.startswith(name):
+            raise NotFoundError(f"no container named {name!r} on {self.docker_host}")
+        if require_managed and not found.managed:
+            raise OpsError(
+                f"container {name!r} is not managed by ContainAI (no label {self.label})",
+                "only ContainAI containers are handled; pick one listed by inv doctor",
+            )
+        return found
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        """The raw inspect document of a container."""
+        return dict(self.client.api.inspect_container(name))
+
+    def stop_all(
+        self,
+        names: Sequence[str],
+        timeout: int,
+        on_done: Callable[[ActionResult], None] | None = None,
+    ) -> list[ActionResult]:
+        """Stop containers in parallel, each given ``timeout`` seconds to exit after SIGTERM."""
+        return self._parallel(names, lambda n: self.client.api.stop(n, timeout=timeout), on_done)
+
+    def start_all(
+        self, names: Sequence[str], on_done: Callable[[ActionResult], None] | None = None
+    ) -> list[ActionResult]:
+        """Start containers in parallel."""
+        return self._parallel(names, lambda n: self.client.api.start(n), on_done)
+
+    def _parallel(
+        self,
+        names: Iterable[str],
+        action: Callable[[str], Any],
+        on_done: Callable[[ActionResult], None] | None,
+    ) -> list[ActionResult]:
+        names = list(names)
+        if not names:
+            return []
+
+        def one(name: str) -> ActionResult:
+            try:
+                action(name)
+                result = ActionResult(name, True)
+            except Exception as exc:
+                result = ActionResult(name, False, _short(exc))
+            if on_done is not None:
+                on_done(result)
+            return result
+
+        with ThreadPoolExecutor(max_workers=min(64, len(names))) as pool:
+            return list(pool.map(one, names))
+
+
+def _short(exc: BaseException) -> str:
+    raw = str(exc)
+    for needle, meaning in (("No such file or directory", "socket not found"),
+                            ("Permission denied", "permission denied on the socket"),
+                            ("Connection refused", "connection refused"),
+                            ("timed out", "timed out")):
+        if needle in raw:
+            return meaning
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+@contextlib.contextmanager
+def connected(docker_host: str, label: str) -> Iterator[Engine]:
+    """Context manager: a connected Engine, closed afterwards."""
+    engine = Engine.connect(docker_host, label)
+    try:
+        yield engine
+    finally:
+        engine.close()

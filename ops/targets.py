@@ -1,0 +1,328 @@
+"""Targets: parsing ``local`` / ``lima:<vm>`` / ``ssh://user@host:port``, building the Context for each,
+detecting the platform on the target itself, and reaching the target's engine socket.
+
+A local target is driven through ``invoke.Context``; Lima VMs and remote WSL2/Linux hosts through
+``fabric.Connection`` (a ``Context`` too), so the code above this module has no ``if remote:`` branches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from ops.config import CaiConfig
+from ops.errors import TargetError
+
+Kind = Literal["local", "lima", "ssh"]
+_VM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a command acts: the local host, a Lima VM, or an SSH host."""
+
+    kind: Kind
+    vm: str = ""
+    user: str = ""
+    host: str = ""
+    port: int = 22
+
+    @property
+    def name(self) -> str:
+        """The target as a user writes it."""
+        if self.kind == "local":
+            return "local"
+        if self.kind == "lima":
+            return f"lima:{self.vm}"
+        user = f"{self.user}@" if self.user else ""
+        return f"ssh://{user}{self.host}:{self.port}"
+
+    @property
+    def remote(self) -> bool:
+        """True when reached over SSH."""
+        return self.kind != "local"
+
+
+def parse_target(text: str, default_vm: str = "containai-docker") -> Target:
+    """Parse ``local``, ``lima``, ``lima:<vm>`` or ``ssh://[user@]host[:port]``."""
+    raw = (text or "").strip()
+    if raw in ("", "local"):
+        return Target("local")
+    if raw == "lima" or raw.startswith("lima:"):
+        vm = raw.partition(":")[2] or default_vm
+        if not _VM_RE.match(vm):
+            raise TargetError(f"invalid Lima VM name {vm!r}", "use lima:<vm>, e.g. lima:containai-docker")
+        return Target("lima", vm=vm)
+    if raw.startswith("ssh://"):
+        url = urlparse(raw)
+        try:
+            port = url.port or 22
+        except ValueError:
+            raise TargetError(f"invalid port in target {raw!r}", "use ssh://user@host:port") from None
+        if not url.hostname or url.path not in ("", "/"):
+            raise TargetError(f"invalid SSH target {raw!r}", "use ssh://user@host:port")
+        return Target("ssh", user=url.username or "", host=url.hostname, port=port)
+    raise TargetError(
+        f"unknown target {raw!r}", "use local, lima:<vm> or ssh://user@host:port (see docs/fleet.md)"
+    )
+
+
+def lima_ssh_config(conf: CaiConfig, vm: str) -> Path:
+    """The ssh config Lima writes for a VM: ``<LIMA_HOME>/<vm>/ssh.config``."""
+    home = os.environ.get("LIMA_HOME") or conf.lima_home
+    return Path(os.path.expanduser(home)) / vm / "ssh.config"
+
+
+def lima_alias(vm: str) -> str:
+    """The Host alias Lima uses in its ssh config."""
+    return f"lima-{vm}"
+
+
+def make_context(target: Target, conf: CaiConfig, base: Any = None) -> Any:
+    """The Context for a target: ``invoke.Context`` locally, ``fabric.Connection`` otherwise.
+
+    The ``cai`` section of ``base`` (the task's context) is carried over so the core sees one config.
+    """
+    import invoke
+
+    overrides: dict[str, Any] = {}
+    if base is not None:
+        with contextlib.suppress(Exception):
+            overrides["cai"] = dict(base.config["cai"])
+    if target.kind == "local":
+        if base is not None:
+            return base
+        return invoke.Context(config=invoke.Config(overrides=overrides))
+    import fabric
+
+    if target.kind == "lima":
+        path = lima_ssh_config(conf, target.vm)
+        if not path.is_file():
+            raise TargetError(
+                f"Lima VM {target.vm!r} not found: {path} does not exist",
+                f"check `limactl list`; create or start it with `limactl start {target.vm}`",
+            )
+        config = fabric.Config(runtime_ssh_path=str(path), overrides=overrides)
+        return fabric.Connection(lima_alias(target.vm), config=config, connect_timeout=15)
+    config = fabric.Config(overrides=overrides)
+    return fabric.Connection(
+        target.host, user=target.user or None, port=target.port, config=config, connect_timeout=15
+    )
+
+
+def run(ctx: Any, command: str, timeout: int | None = 60) -> tuple[int, str, str]:
+    """Run a probe on a target: never reads our stdin, never raises on a non-zero exit.
+
+    Transport failures (host down, wrong key) become TargetError.
+    """
+    try:
+        result = ctx.run(command, hide=True, warn=True, in_stream=False, timeout=timeout, pty=False)
+    except Exception as exc:
+        from invoke.exceptions import CommandTimedOut
+
+        if isinstance(exc, CommandTimedOut):
+            raise TargetError(f"command timed out on {describe(ctx)}: {command.split()[0]}") from None
+        raise TargetError(f"cannot reach {describe(ctx)} ({_first_line(exc)})",
+                          "check that the host is up and the SSH key is right") from None
+    return int(result.exited), str(result.stdout), str(result.stderr)
+
+
+def describe(ctx: Any) -> str:
+    """A short name of a context for messages."""
+    host = getattr(ctx, "original_host", None) or getattr(ctx, "host", None)
+    return str(host) if host else "local host"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+# --- platform detection ---------------------------------------------------------------------------
+
+PROBE = (
+    "echo os=$(uname -s); echo kernel=$(uname -r); echo arch=$(uname -m); "
+    'echo wsl_distro="${WSL_DISTRO_NAME:-}"; '
+    "echo pid1=$(cat /proc/1/comm 2>/dev/null); "
+    "if [ -r /etc/os-release ]; then . /etc/os-release; echo distro=\"$ID\"; "
+    'echo distro_version="$VERSION_ID"; echo distro_like="${ID_LIKE:-}"; fi; '
+    "if [ -f /.dockerenv ] || grep -qa container= /proc/1/environ 2>/dev/null; "
+    "then echo container=yes; else echo container=no; fi"
+)
+
+ARCH_MAP = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the platform probe read on a target."""
+
+    os: str
+    kernel: str
+    machine: str
+    wsl_distro: str
+    pid1: str
+    distro: str
+    distro_version: str
+    distro_like: str
+    in_container: bool
+
+    @property
+    def arch(self) -> str:
+        """Debian architecture name (amd64, arm64), or the raw machine name."""
+        return ARCH_MAP.get(self.machine, self.machine)
+
+    @property
+    def is_wsl(self) -> bool:
+        """WSL2: the kernel release names microsoft, or WSL_DISTRO_NAME is set."""
+        return "microsoft" in self.kernel.lower() or bool(self.wsl_distro)
+
+    @property
+    def is_macos(self) -> bool:
+        """Darwin kernel."""
+        return self.os == "Darwin"
+
+    @property
+    def systemd_pid1(self) -> bool:
+        """PID 1 is systemd."""
+        return self.pid1 == "systemd"
+
+
+def parse_host_facts(text: str) -> HostFacts:
+    """Pure parser of the PROBE output."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip().strip('"')
+    if not values.get("os"):
+        raise TargetError("the platform probe returned nothing readable", "is this a POSIX host?")
+    return HostFacts(
+        os=values.get("os", ""),
+        kernel=values.get("kernel", ""),
+        machine=values.get("arch", ""),
+        wsl_distro=values.get("wsl_distro", ""),
+        pid1=values.get("pid1", ""),
+        distro=values.get("distro", ""),
+        distro_version=values.get("distro_version", ""),
+        distro_like=values.get("distro_like", ""),
+        in_container=values.get("container") == "yes",
+    )
+
+
+def probe_host(ctx: Any) -> HostFacts:
+    """Read HostFacts on a target."""
+    code, out, err = run(ctx, PROBE)
+    if code != 0 and not out:
+        raise TargetError(f"platform probe failed on {describe(ctx)}: {err.strip()[:200]}")
+    return parse_host_facts(out)
+
+
+def platform_of(facts: HostFacts, override: str = "") -> str:
+    """The platform name: the override if set, else macos / wsl2 / linux from the facts."""
+    if override:
+        return override
+    if facts.is_macos:
+        return "macos"
+    return "wsl2" if facts.is_wsl else "linux"
+
+
+@dataclass
+class Resolved:
+    """A target ready to use: its Context, its platform and the facts read on it."""
+
+    target: Target
+    ctx: Any
+    platform: str
+    facts: HostFacts
+
+    @property
+    def name(self) -> str:
+        """The target's display name."""
+        return self.target.name
+
+
+def resolve(text: str, conf: CaiConfig, base: Any = None) -> Resolved:
+    """Parse a target, connect, and detect its platform there.
+
+    On a macOS host (detected, or ``cai.platform=macos``) the local target becomes the Lima VM
+    ``cai.lima_vm`` and the platform is ``macos``; versions are then read inside the VM.
+    """
+    target = parse_target(text, conf.lima_vm)
+    if target.kind == "local":
+        local_ctx = make_context(target, conf, base)
+        if conf.platform == "macos" or (not conf.platform and os.uname().sysname == "Darwin"):
+            target = Target("lima", vm=conf.lima_vm)
+        else:
+            facts = probe_host(local_ctx)
+            return Resolved(target, local_ctx, platform_of(facts, conf.platform), facts)
+    ctx = make_context(target, conf, base)
+    facts = probe_host(ctx)
+    if target.kind == "lima":
+        return Resolved(target, ctx, "macos", facts)
+    return Resolved(target, ctx, platform_of(facts, conf.platform), facts)
+
+
+# --- engine socket --------------------------------------------------------------------------------
+
+def socket_path(docker_host: str) -> str:
+    """The filesystem path of a ``unix://`` docker host."""
+    if not docker_host.startswith("unix://"):
+        raise TargetError(f"cai.docker_host {docker_host!r} is not a unix:// socket",
+                          "use unix:///var/run/containai-docker.sock")
+    return docker_host[len("unix://"):]
+
+
+def ssh_base_args(target: Target, conf: CaiConfig) -> list[str]:
+    """OpenSSH arguments reaching a remote target the same way Fabric does."""
+    if target.kind == "lima":
+        return ["ssh", "-F", str(lima_ssh_config(conf, target.vm)), lima_alias(target.vm)]
+    if target.kind == "ssh":
+        dest = f"{target.user}@{target.host}" if target.user else target.host
+        return ["ssh", "-p", str(target.port), "-o", "BatchMode=yes", dest]
+    raise TargetError("the local target needs no SSH")
+
+
+@contextlib.contextmanager
+def engine_host(target: Target, conf: CaiConfig) -> Iterator[str]:
+    """A docker host URL for the target's engine: the socket itself locally, an SSH-forwarded socket
+    for a Lima VM or remote host (as Lima itself forwards the Docker socket)."""
+    if target.kind == "local":
+        yield conf.docker_host
+        return
+    remote = socket_path(conf.docker_host)
+    if shutil.which("ssh") is None:
+        raise TargetError("the ssh client is not installed", "install openssh-client")
+    tmp = tempfile.mkdtemp(prefix="cai-engine-")
+    local = os.path.join(tmp, "docker.sock")
+    base = ssh_base_args(target, conf)
+    argv = [base[0], "-N", "-o", "ExitOnForwardFailure=yes", "-o", "ControlMaster=no",
+            "-o", "ControlPath=none", "-o", "ConnectTimeout=15", "-L", f"{local}:{remote}", *base[1:]]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(local):
+            if proc.poll() is not None:
+                err = (proc.stderr.read().decode(errors="replace") if proc.stderr else "").strip()
+                raise TargetError(f"cannot forward the engine socket of {target.name}: {err[:200]}",
+                                  "check the SSH access to the target")
+            if time.monotonic() > deadline:
+                raise TargetError(f"timed out forwarding the engine socket of {target.name}")
+            time.sleep(0.05)
+        yield f"unix://{local}"
+    finally:
+        proc.terminate()
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=5)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,21 @@
+"""The Invoke namespace of containai-ops, shared by ``inv`` (tasks.py) and the ``cai-ops`` script."""
+
+from __future__ import annotations
+
+from invoke import Collection
+
+from ops.config import DEFAULTS
+from ops.tasks import doctor, lab
+
+
+def build_namespace() -> Collection:
+    """Build the namespace: root tasks plus one sub-collection per feature."""
+    ns = Collection()
+    ns.add_task(doctor.doctor)
+    ns.add_collection(Collection.from_module(lab), name="lab")
+    # feature collections are added below, one line each
+    ns.configure({"cai": dict(DEFAULTS)})
+    return ns
+
+
+ns = build_namespace()

@@ -1,0 +1,41 @@
+"""containai-ops tasks: the product namespace (ops.tasks) plus developer tasks (test, lint, bench)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from invoke import Collection, task
+
+from ops.tasks import build_namespace
+
+
+@task(
+    iterable=["marker"],
+    help={
+        "marker": "run only tests with this marker: unit, integration or lab (repeatable)",
+        "k": "pytest -k expression",
+        "x": "stop at the first failure",
+    },
+)
+def test(c: Any, marker: list[str] | None = None, k: str = "", x: bool = False) -> None:
+    """Run the test suite (all tiers unless --marker is given)."""
+    args = ["python", "-m", "pytest", "-q"]
+    if marker:
+        args += ["-m", " or ".join(marker)]
+    if k:
+        args += ["-k", k]
+    if x:
+        args.append("-x")
+    c.run(" ".join(args), pty=False)
+
+
+@task(help={})
+def lint(c: Any) -> None:
+    """Run ruff and mypy."""
+    c.run("ruff check ops tests tasks.py bench")
+    c.run("mypy")
+
+
+ns: Collection = build_namespace()
+ns.add_task(test)
+ns.add_task(lint)
