@@ -6,6 +6,7 @@ Invoke's config hierarchy is the only configuration mechanism: these defaults ca
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -78,10 +79,8 @@ class CaiConfig:
         values: dict[str, Any] = dict(DEFAULTS)
         if raw is not None:
             for key in DEFAULTS:
-                try:
+                with contextlib.suppress(KeyError, AttributeError):
                     values[key] = raw[key]
-                except (KeyError, AttributeError):
-                    pass
         try:
             timeout = int(values["stop_timeout"])
         except (TypeError, ValueError):

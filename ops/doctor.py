@@ -109,11 +109,11 @@ def _component(r: Resolved, code: str, label: str, installed: Observed, bundled:
         return _f(r, f"{code}.outdated", "warning", f"{label} {installed} is older than bundled {bundled}",
                   "upgrade with: inv update --stop-containers", **data)
     if decision.action is Action.KEEP_NEWER:
-        return _f(r, f"{code}.newer", "info", decision.reason, **data)
+        return _f(r, f"{code}.newer", "info", decision.reason, "", **data)
     if decision.action is Action.NO_BUNDLE:
         return _f(r, f"{code}.installed", "info", f"{label} {installed} installed (no bundle to compare in "
-                  f"{'cai.bundle_dir'})", **data)
-    return _f(r, f"{code}.current", "info", f"{label} {installed} is current", **data)
+                  "cai.bundle_dir)", "", **data)
+    return _f(r, f"{code}.current", "info", f"{label} {installed} is current", "", **data)
 
 
 def host_readiness_findings(r: Resolved) -> list[Finding]:

@@ -14,8 +14,8 @@ from ops.errors import VersionParseError
 from ops.targets import run
 from ops.versions import (
     Observed,
-    SysboxVersion,
     State,
+    SysboxVersion,
     bundle_version_from_name,
     find_bundle_tarball,
     find_sysbox_deb,
