@@ -1,0 +1,92 @@
+"""Fleets: run one per-target operation over many targets, in bounded parallel or rolling serial mode.
+
+The per-target operation is the same single-target code path; this module only schedules it and
+collects one result per target. An unreachable target is a failed result, and the others proceed
+(in parallel mode) or the rollout stops (in ``--serial`` mode, at the first failure).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ops.errors import OpsError
+
+DEFAULT_PARALLEL = 8
+
+
+@dataclass
+class TargetResult:
+    """The outcome of an operation on one target."""
+
+    target: str
+    exit_code: int
+    summary: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the operation succeeded (exit 0) on this target."""
+        return self.exit_code == 0 and not self.skipped
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {"target": self.target, "exit_code": self.exit_code, "ok": self.ok, "skipped": self.skipped,
+                "summary": self.summary, **({"detail": self.detail} if self.detail else {})}
+
+
+Operation = Callable[[str], TargetResult]
+
+
+def _guarded(op: Operation, target: str) -> TargetResult:
+    try:
+        return op(target)
+    except OpsError as exc:
+        return TargetResult(target, exc.exit_code or 1, exc.line())
+    except Exception as exc:  # one bad host never takes the fleet down
+        return TargetResult(target, 1, f"unexpected {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def run_fleet(targets: list[str], op: Operation, parallel: int = DEFAULT_PARALLEL,
+              serial: bool = False) -> list[TargetResult]:
+    """Run ``op`` on every target. Serial mode stops at the first failure; later targets are skipped."""
+    if serial:
+        results: list[TargetResult] = []
+        for i, target in enumerate(targets):
+            result = _guarded(op, target)
+            results.append(result)
+            if not result.ok:
+                results += [TargetResult(t, 0, "skipped: an earlier target failed", skipped=True)
+                            for t in targets[i + 1:]]
+                break
+        return results
+    if len(targets) == 1:
+        return [_guarded(op, targets[0])]
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(targets)))) as pool:
+        return list(pool.map(lambda t: _guarded(op, t), targets))
+
+
+def fleet_exit_code(results: list[TargetResult]) -> int:
+    """0 when every target succeeded; 2 when the only failures are refusals (exit 2); 1 otherwise."""
+    failed = [r for r in results if not r.ok and not r.skipped]
+    if not failed:
+        return 0 if not any(r.skipped for r in results) else 1
+    return 2 if all(r.exit_code == 2 for r in failed) else 1
+
+
+def render_table(results: list[TargetResult], title: str) -> None:
+    """A per-target result table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("target")
+    table.add_column("result")
+    table.add_column("summary", overflow="fold")
+    for r in results:
+        status = "[dim]skipped[/]" if r.skipped else ("[green]ok[/]" if r.ok else f"[red]exit {r.exit_code}[/]")
+        table.add_row(r.target, status, r.summary)
+    Console().print(table)
