@@ -1,0 +1,516 @@
+"""Lab hosts: containers on the private lab engine that boot systemd as PID 1 and look like an older
+ContainAI install, reached over SSH through a Lima-format ssh.config exactly as a Lima VM is.
+
+Each host gets its own loopback address ``127.0.0.(10+index)`` and port 2222 (the containers share the
+machine's network), a bind-mounted data root for its nested engine, and the files of a ContainAI
+install written into it before it boots (``recipe/host/``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ops.errors import NotFoundError, OpsError
+from ops.lab.engine import LAB_ROOT
+from ops.lab.image import RECIPE, ensure_lab_image
+
+HOSTS_DIR = LAB_ROOT / "hosts"
+KEYS_DIR = LAB_ROOT / "keys"
+KEY = KEYS_DIR / "id_ed25519"
+SSH_PORT = 2222
+MAX_INDEX = 240
+LABEL = "cai-lab.host"
+CONTAINER_PREFIX = "cai-lab-"
+DEFAULT_SYSBOX = "0.6.6+containai.20250101"
+ENGINE_SOCK = "/var/run/containai-docker.sock"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
+#: A reservation without a container older than this is from a crashed session and is reclaimed.
+STALE_RESERVATION = 600.0
+
+
+@dataclass(frozen=True)
+class LabHost:
+    """A running lab host and how to reach it."""
+
+    name: str
+    vm: str
+    address: str
+    port: int
+    container: str
+    lima_home: str
+    ssh_config: str
+    key: str
+    data_dir: str
+
+    @property
+    def target(self) -> str:
+        """The target text the product accepts for this host (``lima:<vm>``)."""
+        return f"lima:{self.vm}"
+
+    @property
+    def alias(self) -> str:
+        """The Host alias of the ssh.config (``lima-<vm>``)."""
+        return f"lima-{self.vm}"
+
+
+def address_of(index: int) -> str:
+    """The loopback address of host number index."""
+    if not 0 <= index <= MAX_INDEX:
+        raise OpsError(f"lab host index {index} is out of range", f"use 0..{MAX_INDEX}")
+    return f"127.0.0.{10 + index}"
+
+
+def check_name(name: str) -> str:
+    """Validate a lab host name (it becomes a container name, a directory and a Lima VM name)."""
+    if not _NAME_RE.match(name or ""):
+        raise OpsError(f"invalid lab host name {name!r}", "use lower-case letters, digits and dashes")
+    return name
+
+
+def container_name(name: str) -> str:
+    """The container of a lab host."""
+    return CONTAINER_PREFIX + name
+
+
+# --- keys, reservations ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    HOSTS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LAB_ROOT / "hosts.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_key() -> Path:
+    """The lab's root key pair (generated once); returns the private key path."""
+    with _locked():
+        if KEY.is_file() and KEY.with_suffix(".pub").is_file():
+            return KEY
+        if shutil.which("ssh-keygen") is None:
+            raise OpsError("ssh-keygen is not installed", "apt-get install openssh-client")
+        KEYS_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for path in (KEY, KEY.with_suffix(".pub")):
+            path.unlink(missing_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cai-lab", "-f", str(KEY)],
+                       check=True, capture_output=True)
+        return KEY
+
+
+def _state_file(name: str) -> Path:
+    return HOSTS_DIR / name / "host.json"
+
+
+def _reserved() -> dict[str, int]:
+    """Host name -> index of every reservation on disk."""
+    out: dict[str, int] = {}
+    for state in HOSTS_DIR.glob("*/host.json"):
+        try:
+            out[state.parent.name] = int(json.loads(state.read_text())["index"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def _port_free(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def _container_exists(name: str) -> bool:
+    from docker.errors import NotFound
+
+    from ops.lab.engine import DOCKER_HOST
+
+    try:
+        client = _client(DOCKER_HOST)
+    except Exception:
+        return True  # cannot tell: keep the reservation
+    try:
+        client.containers.get(container_name(name))
+        return True
+    except NotFound:
+        return False
+    except Exception:
+        return True
+    finally:
+        client.close()
+
+
+def _docker_host_hint() -> str:
+    from ops.lab.engine import DOCKER_HOST
+
+    return DOCKER_HOST
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reclaim(name: str) -> None:
+    """Drop a stale reservation and its container (caller holds the lock)."""
+    from docker.errors import NotFound
+
+    from ops.lab.engine import DOCKER_HOST
+
+    with contextlib.suppress(Exception):
+        client = _client(DOCKER_HOST)
+        try:
+            client.containers.get(container_name(name)).remove(force=True)
+        except NotFound:
+            pass
+        finally:
+            client.close()
+    shutil.rmtree(HOSTS_DIR / name, ignore_errors=True)
+
+
+def _stale(name: str, now: float) -> bool:
+    """A reservation is stale when its owner process died, or when it is old and has no container."""
+    state = _state_file(name)
+    try:
+        raw = json.loads(state.read_text())
+        age = now - state.stat().st_mtime
+    except (OSError, ValueError):
+        return False
+    pid = raw.get("owner_pid")
+    if isinstance(pid, int) and pid > 0:
+        return not _pid_alive(pid)
+    return age > STALE_RESERVATION and not _container_exists(name)
+
+
+def reserve(name: str, index: int | None = None, owner_pid: int | None = None) -> int:
+    """Reserve a host name and an index (the lowest free one unless given) across processes.
+
+    The reservation is ``<lab root>/hosts/<name>/host.json``; ``down(name)`` releases it. With
+    ``owner_pid`` (test sessions), the host is reclaimed (container removed) once that process is gone.
+    """
+    check_name(name)
+    with _locked():
+        taken = _reserved()
+        now = time.time()
+        for other in list(taken):
+            if other != name and _stale(other, now):
+                _reclaim(other)
+                taken.pop(other)
+        if name in taken:
+            if index is not None and taken[name] != index:
+                raise OpsError(f"lab host {name!r} already holds index {taken[name]}",
+                               f"run `inv lab.down --name {name}` first")
+            return taken[name]
+        used = set(taken.values())
+        if index is None:
+            index = next((i for i in range(MAX_INDEX + 1)
+                          if i not in used and _port_free(address_of(i), SSH_PORT)), None)
+            if index is None:
+                raise OpsError("no free lab host index left", "remove hosts with `inv lab.down --all`")
+        elif index in used:
+            owner = next(n for n, i in taken.items() if i == index)
+            raise OpsError(f"lab host index {index} is used by {owner!r}", "pick another index")
+        (HOSTS_DIR / name).mkdir(parents=True, exist_ok=True)
+        state: dict[str, Any] = {"name": name, "index": index}
+        if owner_pid:
+            state["owner_pid"] = owner_pid
+        _state_file(name).write_text(json.dumps(state))
+        return index
+
+
+# --- the files of a host --------------------------------------------------------------------------
+
+def ssh_config_text(vm: str, address: str, port: int, key: Path, control_path: Path) -> str:
+    """An ssh config in the form Lima writes for a VM."""
+    return "\n".join([
+        f"Host lima-{vm}",
+        f'  IdentityFile "{key}"',
+        "  StrictHostKeyChecking no",
+        "  UserKnownHostsFile /dev/null",
+        "  NoHostAuthenticationForLocalhost yes",
+        "  GSSAPIAuthentication no",
+        "  PreferredAuthentications publickey",
+        "  Compression no",
+        "  BatchMode yes",
+        "  IdentitiesOnly yes",
+        "  User root",
+        "  ControlMaster auto",
+        f'  ControlPath "{control_path}"',
+        "  ControlPersist 5m",
+        f"  Hostname {address}",
+        f"  Port {port}",
+        "",
+    ])
+
+
+def sysbox_runc_script(version: str) -> str:
+    """The stand-in ``/usr/bin/sysbox-runc`` printing the real ``--version`` format."""
+    return (RECIPE / "host" / "sysbox-runc.in").read_text().replace("@VERSION@", version)
+
+
+def _install_tar(address: str, port: int, pubkey: str, sysbox_version: str | None) -> bytes:
+    """The files written into a host before it boots (an older ContainAI install)."""
+    buf = io.BytesIO()
+    now = int(time.time())
+    host = RECIPE / "host"
+
+    def add(tar: tarfile.TarFile, path: str, data: bytes, mode: int = 0o644, uid: int = 0) -> None:
+        info = tarfile.TarInfo(path)
+        info.size, info.mode, info.mtime, info.uid, info.gid = len(data), mode, now, uid, uid
+        tar.addfile(info, io.BytesIO(data))
+
+    def add_dir(tar: tarfile.TarFile, path: str, mode: int = 0o755, uid: int = 0) -> None:
+        info = tarfile.TarInfo(path)
+        info.type, info.mode, info.mtime, info.uid, info.gid = tarfile.DIRTYPE, mode, now, uid, uid
+        tar.addfile(info)
+
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        add_dir(tar, "etc/containai")
+        add_dir(tar, "etc/containai/docker")
+        add(tar, "etc/containai/docker/daemon.json", (host / "daemon.json").read_bytes())
+        add(tar, "etc/systemd/system/containai-docker.service",
+            (host / "containai-docker.service").read_bytes())
+        link = tarfile.TarInfo("etc/systemd/system/multi-user.target.wants/containai-docker.service")
+        link.type, link.linkname, link.mtime = tarfile.SYMTYPE, "/etc/systemd/system/containai-docker.service", now
+        tar.addfile(link)
+        add(tar, "etc/ssh/sshd_config.d/00-lab-host.conf",
+            f"# this lab host's own address (the hosts share the machine's network)\n"
+            f"ListenAddress {address}:{port}\n".encode())
+        add(tar, "root/.ssh/authorized_keys", pubkey.encode(), 0o600)
+        add(tar, "home/agent/.ssh/authorized_keys", pubkey.encode(), 0o600, uid=1000)
+        if sysbox_version:
+            add(tar, "usr/bin/sysbox-runc", sysbox_runc_script(sysbox_version).encode(), 0o755)
+    return buf.getvalue()
+
+
+# --- up / down ------------------------------------------------------------------------------------
+
+def _client(docker_host: str) -> Any:
+    import docker
+
+    return docker.DockerClient(base_url=docker_host, timeout=120)
+
+
+def run_kwargs(name: str, data_dir: Path) -> dict[str, Any]:
+    """Docker SDK arguments of a lab host (the flags known to work, see docs/lab.md)."""
+    return {
+        "name": container_name(name),
+        "command": ["/lib/systemd/systemd"],
+        "detach": True,
+        "network_mode": "host",
+        "cap_add": ["ALL"],
+        "cap_drop": ["SYS_RESOURCE"],
+        "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+        "device_cgroup_rules": ["a *:* rwm"],
+        "cgroupns": "host",
+        "volumes": {
+            "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+            str(data_dir): {"bind": "/var/lib/containai-docker", "mode": "rw"},
+        },
+        "tmpfs": {"/run": "", "/run/lock": ""},
+        "labels": {LABEL: name},
+        "environment": {"container": "docker"},
+        "stop_signal": "SIGRTMIN+3",
+    }
+
+
+def connection(host: LabHost) -> Any:
+    """A ``fabric.Connection`` to the host, built exactly as the product reaches a Lima VM."""
+    import fabric
+
+    return fabric.Connection(f"lima-{host.vm}", config=fabric.Config(runtime_ssh_path=host.ssh_config))
+
+
+def run(host: LabHost, command: str, timeout: int = 60) -> tuple[int, str, str]:
+    """Run a command on the host over SSH; never raises on a non-zero exit."""
+    conn = connection(host)
+    try:
+        res = conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+        return int(res.exited), str(res.stdout), str(res.stderr)
+    finally:
+        conn.close()
+
+
+def wait_ssh(host: LabHost, timeout: float = 120) -> None:
+    """Wait (with backoff) until a command runs on the host over SSH."""
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    last = ""
+    while True:
+        try:
+            code, _, err = run(host, "true", timeout=15)
+            if code == 0:
+                return
+            last = err.strip()
+        except Exception as exc:
+            last = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if time.monotonic() + delay > deadline:
+            raise OpsError(f"lab host {host.name} did not answer SSH within {timeout:.0f}s ({last[:200]})",
+                           f"see `docker -H {_docker_host_hint()} logs {host.container}`")
+        time.sleep(delay)
+        delay = min(delay * 1.6, 3.0)
+
+
+def wait_engine(host: LabHost, timeout: float = 120) -> None:
+    """Wait until the nested containai-docker engine answers inside the host."""
+    deadline = time.monotonic() + timeout
+    delay = 0.3
+    while True:
+        code, out, _ = run(host, f"docker -H unix://{ENGINE_SOCK} version --format '{{{{.Server.Version}}}}'",
+                           timeout=30)
+        if code == 0 and out.strip():
+            return
+        if time.monotonic() + delay > deadline:
+            _, journal, _ = run(host, "systemctl status containai-docker --no-pager -n 15 2>&1 | tail -n 8")
+            raise OpsError(f"the nested engine of lab host {host.name} did not answer within "
+                           f"{timeout:.0f}s: {' | '.join(journal.strip().splitlines())[-400:]}")
+        time.sleep(delay)
+        delay = min(delay * 1.6, 3.0)
+
+
+def up(name: str, index: int, docker_host: str, lima_home: str | os.PathLike[str],
+       sysbox_version: str | None = DEFAULT_SYSBOX, *, wait_for_engine: bool = True,
+       image: str | None = None) -> LabHost:
+    """Start lab host ``name`` (number ``index``) on the lab engine; return once SSH answers (and the
+    nested engine, unless wait_for_engine is False). An existing host of that name is replaced."""
+    check_name(name)
+    index = reserve(name, index)
+    address = address_of(index)
+    key = ensure_key()
+    tag = image or ensure_lab_image(docker_host)
+    home = Path(os.fspath(lima_home)).expanduser().resolve()
+    vm_dir = home / name
+    vm_dir.mkdir(parents=True, exist_ok=True)
+    ssh_config = vm_dir / "ssh.config"
+    stop_mux(ssh_config, name)  # a master from an earlier host of this name
+    ssh_config.write_text(ssh_config_text(name, address, SSH_PORT, key, vm_dir / "ssh.sock"))
+    host_dir = HOSTS_DIR / name
+    data_dir = host_dir / "data"
+    host = LabHost(name=name, vm=name, address=address, port=SSH_PORT, container=container_name(name),
+                   lima_home=str(home), ssh_config=str(ssh_config), key=str(key), data_dir=str(data_dir))
+    previous: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        previous = json.loads(_state_file(name).read_text())
+    state = {"index": index, **asdict(host)}
+    if previous.get("owner_pid"):
+        state["owner_pid"] = previous["owner_pid"]
+    _state_file(name).write_text(json.dumps(state, indent=2))
+
+    client = _client(docker_host)
+    try:
+        _remove_container(client, container_name(name))
+        if data_dir.exists():
+            shutil.rmtree(data_dir)
+        data_dir.mkdir(parents=True)
+        container = client.containers.create(tag, **run_kwargs(name, data_dir))
+        pubkey = KEY.with_suffix(".pub").read_text()
+        container.put_archive("/", _install_tar(address, SSH_PORT, pubkey, sysbox_version))
+        container.start()
+    finally:
+        client.close()
+    wait_ssh(host)
+    if wait_for_engine:
+        wait_engine(host)
+    return host
+
+
+def stop_mux(ssh_config: Path, vm: str) -> None:
+    """Stop an OpenSSH control master left by ``ControlPersist`` for this host (if any)."""
+    if not ssh_config.is_file() or shutil.which("ssh") is None:
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["ssh", "-F", str(ssh_config), "-O", "exit", f"lima-{vm}"],
+                       capture_output=True, check=False, timeout=10)
+
+
+def _remove_container(client: Any, cname: str) -> None:
+    from docker.errors import NotFound
+
+    try:
+        client.containers.get(cname).remove(force=True)
+    except NotFound:
+        return
+
+
+def load(name: str) -> LabHost:
+    """The LabHost of an existing reservation."""
+    state = _state_file(check_name(name))
+    try:
+        raw = json.loads(state.read_text())
+        return LabHost(**{k: raw[k] for k in LabHost.__dataclass_fields__})
+    except (OSError, ValueError, KeyError, TypeError):
+        raise NotFoundError(f"no lab host named {name!r}", "see `inv lab.status`") from None
+
+
+def names() -> list[str]:
+    """Names of all reserved lab hosts."""
+    return sorted(_reserved())
+
+
+def down(name: str, docker_host: str | None = None) -> None:
+    """Remove lab host ``name``: its container, data, ssh.config and reservation. Idempotent."""
+    from ops.lab.engine import DOCKER_HOST
+
+    check_name(name)
+    state = _state_file(name)
+    lima_vm_dir: Path | None = None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        raw = json.loads(state.read_text())
+        if raw.get("ssh_config"):
+            cfg = Path(raw["ssh_config"])
+            lima_vm_dir = cfg.parent
+            stop_mux(cfg, raw["vm"])
+    client = _client(docker_host or DOCKER_HOST)
+    try:
+        _remove_container(client, container_name(name))
+    finally:
+        client.close()
+    if lima_vm_dir is not None and (lima_vm_dir / "ssh.config").is_file():
+        shutil.rmtree(lima_vm_dir, ignore_errors=True)
+    with _locked():
+        shutil.rmtree(HOSTS_DIR / name, ignore_errors=True)
+
+
+def status(docker_host: str | None = None) -> list[dict[str, str]]:
+    """One row per lab host (reserved or with a container): name, address, state, ssh_config."""
+    from ops.lab.engine import DOCKER_HOST
+
+    rows: dict[str, dict[str, str]] = {}
+    for name, index in _reserved().items():
+        rows[name] = {"name": name, "address": f"{address_of(index)}:{SSH_PORT}", "state": "reserved",
+                      "ssh_config": ""}
+        with contextlib.suppress(NotFoundError):
+            rows[name]["ssh_config"] = load(name).ssh_config
+    client = _client(docker_host or DOCKER_HOST)
+    try:
+        for container in client.containers.list(all=True, filters={"label": LABEL}):
+            name = container.labels.get(LABEL, "")
+            row = rows.setdefault(name, {"name": name, "address": "", "state": "", "ssh_config": ""})
+            row["state"] = container.status
+    finally:
+        client.close()
+    return [rows[k] for k in sorted(rows)]

@@ -1,0 +1,117 @@
+"""Tasks of the test lab: the private engine, the lab images and disposable systemd lab hosts."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from invoke import task
+from invoke.exceptions import Exit
+
+from ops.errors import ConfigError
+from ops.tasks._common import cli_errors
+
+DEFAULT_LIMA_HOME = "/var/lib/cai-lab/lima"
+
+
+def _lima_home(value: str) -> str:
+    chosen = value or os.environ.get("CAI_LAB_LIMA_HOME", DEFAULT_LIMA_HOME)
+    return os.path.abspath(os.path.expanduser(chosen))
+
+
+@task
+@cli_errors
+def engine(ctx: Any) -> None:
+    """Start the private lab dockerd (or reuse it) and print its DOCKER_HOST."""
+    from ops.lab.engine import ensure_engine
+
+    print(f"DOCKER_HOST={ensure_engine()}")
+
+
+@task
+@cli_errors
+def image(ctx: Any) -> None:
+    """Build the lab images (host and tiny) unless cached for the current recipe."""
+    import time
+
+    from ops.lab.engine import ensure_engine
+    from ops.lab.image import ensure_lab_image, ensure_tiny_image
+
+    docker_host = ensure_engine()
+    start = time.monotonic()
+    print(ensure_tiny_image(docker_host))
+    print(ensure_lab_image(docker_host))
+    print(f"ready in {time.monotonic() - start:.0f}s")
+
+
+@task(help={
+    "name": "Host name, also its Lima VM name (default lab; with --count: lab-1, lab-2, ...)",
+    "count": "How many hosts to bring up",
+    "lima_home": "LIMA_HOME the Lima-format ssh.config files are written under "
+                 f"(default $CAI_LAB_LIMA_HOME or {DEFAULT_LIMA_HOME})",
+    "sysbox": "Version printed by the stand-in sysbox-runc; 'none' installs no sysbox-runc",
+})
+@cli_errors
+def up(ctx: Any, name: str = "lab", count: int = 1, lima_home: str = "",
+       sysbox: str = "0.6.6+containai.20250101") -> None:
+    """Bring up lab hosts (systemd, sshd, an older ContainAI engine) and print how to reach them."""
+    from ops.lab import hosts
+    from ops.lab.engine import ensure_engine
+
+    if count < 1:
+        raise ConfigError(f"--count must be at least 1, got {count}", "use e.g. --count 2")
+    home = _lima_home(lima_home)
+    docker_host = ensure_engine()
+    wanted = [name] if count == 1 else [f"{name}-{i}" for i in range(1, count + 1)]
+    for host_name in wanted:
+        hosts.check_name(host_name)
+    for host_name in wanted:
+        index = hosts.reserve(host_name)
+        host = hosts.up(host_name, index, docker_host, home,
+                        None if sysbox.lower() == "none" else sysbox)
+        print(f"{host.name}: {host.address}:{host.port} (container {host.container})")
+        print(f"  INVOKE_CAI_LIMA_HOME={host.lima_home} inv doctor --target {host.target}")
+        print(f"  ssh -F {host.ssh_config} {host.alias}")
+
+
+@task(iterable=["name"], help={
+    "name": "Host to remove (repeatable)",
+    "all": "Remove every lab host",
+})
+@cli_errors
+def down(ctx: Any, name: list[str] | None = None, all: bool = False) -> None:  # noqa: A002
+    """Remove lab hosts: container, nested engine data, ssh.config."""
+    from ops.lab import hosts
+    from ops.lab.engine import ensure_engine
+
+    ensure_engine()
+    if all:
+        targets = sorted(set(hosts.names()) | {row["name"] for row in hosts.status() if row["name"]})
+    else:
+        targets = list(name or [])
+    if not targets:
+        raise Exit("error: name a host with --name N, or use --all", code=1)
+    for host_name in targets:
+        hosts.down(host_name)
+        print(f"removed {host_name}")
+
+
+@task
+@cli_errors
+def status(ctx: Any) -> None:
+    """List the lab engine, the cached images and the lab hosts."""
+    from ops.lab import hosts
+    from ops.lab.engine import DOCKER_HOST, ping
+    from ops.lab.image import host_tag, image_exists, tiny_tag
+
+    if not ping():
+        print(f"engine: not running ({DOCKER_HOST}); start it with `inv lab.engine`")
+        return
+    print(f"engine: {DOCKER_HOST}")
+    for tag in (host_tag(), tiny_tag()):
+        print(f"image: {tag} {'cached' if image_exists(DOCKER_HOST, tag) else 'missing (inv lab.image)'}")
+    rows = hosts.status()
+    if not rows:
+        print("hosts: none (inv lab.up)")
+    for row in rows:
+        print(f"host: {row['name']} {row['address']} {row['state']} {row['ssh_config']}".rstrip())

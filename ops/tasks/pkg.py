@@ -1,0 +1,129 @@
+"""Sysbox packaging tasks: build the ContainAI sysbox-ce .deb (fuse3 dependency) and prove it is right."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from invoke import task
+from invoke.exceptions import Exit
+
+from ops.tasks._common import cli_errors, is_tty
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _verifier(marker: str, install: bool) -> Any:
+    from ops.deb.verify import install_check, violations
+
+    def verify(path: Path, info: Any) -> list[str]:
+        found = violations(info, marker=marker)
+        if install and not found:
+            problems, summaries = install_check(path, info)
+            for line in summaries:
+                _say(f"install check, {line}")
+            found += problems
+        return found
+
+    return verify
+
+
+def _suffix(version_suffix: str) -> str:
+    from ops.deb.build import check_suffix, default_suffix
+
+    return check_suffix(version_suffix) if version_suffix else default_suffix()
+
+
+@task(
+    help={
+        "pkgr_url": "git URL of the Sysbox packager (default: packaging/sysbox-pkgr.toml)",
+        "ref": "tag or branch of the packager to build (default: packaging/sysbox-pkgr.toml)",
+        "version_suffix": "marker appended to the upstream version (default: +containai.<UTC YYYYMMDD>)",
+        "out": "folder that receives the .deb and its .sha256 (default: dist)",
+        "build_cmd": "build command run in the packager checkout (default: make -C deb generic EDITION=ce)",
+        "install_check": "also simulate apt installs of the result (clean host, host with fuse 2)",
+    }
+)
+@cli_errors
+def build_sysbox(
+    ctx: Any,
+    pkgr_url: str = "",
+    ref: str = "",
+    version_suffix: str = "",
+    out: str = "dist",
+    build_cmd: str = "",
+    install_check: bool = False,
+) -> None:
+    """Build the sysbox-ce .deb with the fuse3 dependency, verify it, write it and its .sha256 to --out."""
+    from ops.deb.build import PackagerPin, build_sysbox, load_pin
+
+    pin = load_pin() if not (pkgr_url and ref and build_cmd) else PackagerPin(pkgr_url, ref, build_cmd)
+    suffix = _suffix(version_suffix)
+    result = build_sysbox(
+        pkgr_url or pin.url,
+        ref or pin.ref,
+        suffix,
+        Path(out),
+        build_cmd=build_cmd or pin.build_cmd,
+        package=pin.package,
+        verify=_verifier(suffix, install_check),
+        stream=is_tty(),
+        log=_say,
+    )
+    info = result.info
+    print(f"ok: {result.deb} ({info.package} {info.version} {info.architecture}), checksum {result.sha256}")
+
+
+@task(
+    help={
+        "path": "the .deb to check",
+        "install_check": "also simulate apt installs (clean host, host with fuse 2) against this machine's lists",
+        "marker": "build marker the Version must carry after the upstream version (default: +containai.)",
+        "arch": "expected Architecture (default: amd64 or arm64)",
+    }
+)
+@cli_errors
+def verify_deb(ctx: Any, path: str, install_check: bool = False, marker: str = "", arch: str = "") -> None:
+    """Prove a built sysbox-ce .deb is right: fuse3 dependency, no fuse, marker, files; exit 1 listing violations."""
+    from ops.deb.inspect import read_deb
+    from ops.deb.verify import DEFAULT_MARKER, violations
+    from ops.deb.verify import install_check as apt_check
+
+    deb = Path(path)
+    info = read_deb(deb)
+    found = violations(info, marker=marker or DEFAULT_MARKER, arch=arch)
+    if install_check:
+        problems, summaries = apt_check(deb, info)
+        for line in summaries:
+            print(f"install check, {line}")
+        found += problems
+    if found:
+        for line in found:
+            print(f"{deb}: {line}", file=sys.stderr)
+        raise Exit(f"error: {deb} failed verification with {len(found)} violation(s)", code=1)
+    checked = "fields, files, scripts"
+    if install_check:
+        checked += ", apt install on a clean host and a host with fuse 2"
+    print(f"ok: {deb} ({info.package} {info.version} {info.architecture}; checked {checked})")
+
+
+@task(
+    help={
+        "deb": "the sysbox-ce .deb to fix (e.g. an upstream release)",
+        "version_suffix": "marker appended to the upstream version (default: +containai.<UTC YYYYMMDD>)",
+        "out": "folder that receives the fixed .deb and its .sha256 (default: dist)",
+        "install_check": "also simulate apt installs of the result (clean host, host with fuse 2)",
+    }
+)
+@cli_errors
+def patch_deb(ctx: Any, deb: str, version_suffix: str = "", out: str = "dist", install_check: bool = False) -> None:
+    """Fix an existing sysbox-ce .deb (fuse -> fuse3, version marker), verify it, write it to --out."""
+    from ops.deb.build import patch_deb as patch
+
+    suffix = _suffix(version_suffix)
+    result = patch(Path(deb), suffix, Path(out), verify=_verifier(suffix, install_check), log=_say)
+    info = result.info
+    print(f"ok: {result.deb} ({info.package} {info.version} {info.architecture}), checksum {result.sha256}")

@@ -1,0 +1,162 @@
+"""The fuse3 fix proven by a real install: apt-get install ./sysbox-ce_*.deb in a systemd lab host.
+
+The host (Debian 12, systemd as PID 1, apt reaching Debian's mirror) is reached with Fabric through a
+Lima-format ssh.config, as a macOS VM would be. The package is the one ``inv pkg.build-sysbox`` builds
+from the fixture packager; its stand-in sysbox-fs fails without ``fusermount3`` like the real one.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = ROOT / "tests" / "fixtures" / "packager"
+SUFFIX = "+containai.20260127"
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=fixture", "-c", "user.email=fixture@example.invalid", *args],
+        cwd=cwd, check=True, capture_output=True,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fixed_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package built by ``inv pkg.build-sysbox`` from the fixture packager (a real git clone)."""
+    repo = tmp_path_factory.mktemp("pkgr") / "sysbox-pkgr"
+    shutil.copytree(FIXTURE, repo)
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "packager fixture")
+    _git(repo, "tag", "v0.6.7")
+    out = tmp_path_factory.mktemp("dist")
+    res = subprocess.run(
+        [sys.executable, "-m", "invoke", "pkg.build-sysbox", "--pkgr-url", f"file://{repo}", "--ref", "v0.6.7",
+         "--version-suffix", SUFFIX, "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "CAI_DEBUG"},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr + res.stdout
+    (deb,) = out.glob("sysbox-ce_*.deb")
+    return deb
+
+
+@pytest.fixture(scope="module")
+def upstream_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The unpatched build (Depends names fuse), as the upstream packager makes it."""
+    work = tmp_path_factory.mktemp("upstream") / "pkgr"
+    shutil.copytree(FIXTURE, work)
+    subprocess.run(["make", "-C", "deb", "generic", "EDITION=ce"], cwd=work, check=True, capture_output=True)
+    (deb,) = (work / "deb" / "build").glob("*/ubuntu-jammy/sysbox-ce_*.deb")
+    return deb
+
+
+def sh(host: Any, command: str, timeout: int = 120) -> tuple[int, str, str]:
+    from ops.lab import hosts
+
+    return hosts.run(host, command, timeout=timeout)
+
+
+def install(host: Any, deb: Path) -> str:
+    """Copy the .deb into the host with Fabric and install it with apt (so its dependencies resolve)."""
+    from ops.lab import hosts
+
+    conn = hosts.connection(host)
+    try:
+        conn.put(str(deb), f"/root/{deb.name}")
+    finally:
+        conn.close()
+    code, out, err = sh(
+        host,
+        f"cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y -q {shlex.quote('./' + deb.name)} 2>&1",
+        timeout=600,
+    )
+    assert code == 0, out + err
+    return out
+
+
+def apt_update(host: Any) -> None:
+    code, out, err = sh(host, "apt-get update -q 2>&1", timeout=600)
+    assert code == 0, out + err
+
+
+def unit_state(host: Any, unit: str) -> str:
+    _, out, _ = sh(host, f"systemctl is-active {unit}")
+    return out.strip()
+
+
+def running_past_check(host: Any, unit: str, timeout: float = 60) -> str:
+    """Wait until the stand-in sysbox-fs either failed or passed its fusermount3 check.
+
+    The stand-in exits 1 without fusermount3 and otherwise execs ``sleep``, so a main process named
+    ``sleep`` means it is past the check; returns the unit state then ("active" or "failed").
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        state = unit_state(host, unit)
+        if state == "failed":
+            return state
+        _, comm, _ = sh(host, f'ps -o comm= -p "$(systemctl show -p MainPID --value {unit})"')
+        if state == "active" and comm.strip() == "sleep":
+            return state
+        if time.monotonic() > deadline:
+            return f"{state} (main process {comm.strip() or 'none'})"
+        time.sleep(0.5)
+
+
+def test_fixed_package_installs_fuse3_and_sysbox_fs_runs(lab_host: Any, fixed_deb: Path) -> None:
+    host = lab_host(sysbox_version=None, wait_for_engine=False)
+    apt_update(host)
+    install(host, fixed_deb)
+
+    code, status, _ = sh(host, "dpkg -s sysbox-ce")
+    assert code == 0 and "Status: install ok installed" in status
+    depends = next(ln for ln in status.splitlines() if ln.startswith("Depends:"))
+    assert "fuse3" in [c.strip().split(" ")[0] for c in depends.removeprefix("Depends:").split(",")]
+    assert f"Version: 0.6.7.linux{SUFFIX}-0" in status
+
+    code, path, _ = sh(host, "command -v fusermount3")
+    assert code == 0 and path.strip().endswith("/fusermount3")
+    code, out, err = sh(host, "dpkg -s fuse")
+    assert code != 0 and "is not installed" in err, out + err
+
+    assert running_past_check(host, "sysbox-fs") == "active"
+    assert unit_state(host, "sysbox") == "active"
+    code, out, _ = sh(host, "sysbox-runc --version")
+    assert code == 0 and "version:" in out
+
+
+def test_unpatched_package_leaves_sysbox_fs_failed_then_the_fix_repairs_it(
+    lab_host: Any, upstream_deb: Path, fixed_deb: Path
+) -> None:
+    host = lab_host(sysbox_version=None, wait_for_engine=False)
+    apt_update(host)
+    install(host, upstream_deb)
+
+    code, out, _ = sh(host, "dpkg -s fuse")
+    assert code == 0 and "Status: install ok installed" in out  # apt pulled fuse 2
+    code, _, _ = sh(host, "command -v fusermount3")
+    assert code != 0
+    assert running_past_check(host, "sysbox-fs") == "failed"
+    _, journal, _ = sh(host, "journalctl -u sysbox-fs --no-pager -n 20 2>&1")
+    assert "fusermount3" in journal
+
+    # upgrading to the fixed package replaces fuse with fuse3 and sysbox-fs starts
+    install(host, fixed_deb)
+    code, out, err = sh(host, "dpkg -s fuse")
+    assert code != 0 or "Status: install ok installed" not in out
+    code, _, _ = sh(host, "command -v fusermount3")
+    assert code == 0
+    assert running_past_check(host, "sysbox-fs") == "active"
