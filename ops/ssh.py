@@ -1,0 +1,656 @@
+"""SSH into agent containers: an interactive shell that always gets a TTY, and runs whose start is confirmed.
+
+How a container is reached:
+
+1. The container is looked up by name on ``cai.docker_host`` (it must carry ``cai.label``); its SSH port is
+   the ``containai.ssh-port`` label, published on 127.0.0.1.
+2. A stopped container is started, after checking that nothing else listens on its port; then sshd is
+   awaited with ``ssh-keyscan`` and a growing back-off, up to ``wait`` seconds.
+3. A pre-flight ``ssh ... true`` (BatchMode, stdin from /dev/null) proves that the transport works before
+   any session that matters starts. A host key that changed (the container was recreated) is removed from
+   the dedicated known_hosts file once, with a message, and the probe is retried once.
+4. Only then does the real session start, exactly once. Failures before it are ``SshTransportError``
+   (exit code 3); what happens after it is the remote command's business (its status is passed through).
+
+Every ssh invocation uses explicit options (``-F /dev/null``): the user's ``~/.ssh/config``, agent and
+global known_hosts are never consulted.
+
+Remote programs are sent as one base64 blob that the remote side decodes and evaluates with bash, so no
+byte of a command, an argument or an environment value is ever parsed by the login shell; inside the
+blob every piece is quoted with ``shlex.quote``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ops.config import CaiConfig
+from ops.errors import ConfigError, EngineError, NotFoundError, OpsError
+
+#: Our exit code for a failure before the SSH session started (ssh's own 255 is ambiguous: it is also
+#: what a remote command exiting 255 produces).
+TRANSPORT_EXIT = 3
+#: Where detached runs write their logs, relative to the remote user's home.
+LOG_DIR = ".containai/logs"
+#: Lines of a failed detached run's log shown in the error.
+TAIL_LINES = 20
+LOOPBACK = "127.0.0.1"
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+Notice = Callable[[str], None]
+
+
+class SshTransportError(OpsError):
+    """SSH could not reach or log into the container; no session was started."""
+
+    exit_code = TRANSPORT_EXIT
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run did: exit status, and for detached runs the confirmed PID and the remote log path."""
+
+    exit_code: int
+    pid: int | None = None
+    log_path: str | None = None
+    #: Last lines of a detached run's log when it did not stay alive.
+    tail: str = ""
+    #: Human-readable outcome ("running", "exited with status 127", ...).
+    detail: str = ""
+    #: A captured foreground run's output (``capture=True``), decoded with surrogateescape.
+    stdout: str = ""
+    stderr: str = ""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Everything ssh needs to reach one container."""
+
+    container: str
+    port: int
+    user: str
+    key: Path
+    known_hosts: Path
+    host: str = LOOPBACK
+
+    @property
+    def known_hosts_entry(self) -> str:
+        """The exact known_hosts host pattern of this endpoint (``[127.0.0.1]:PORT``)."""
+        return f"[{self.host}]:{self.port}" if self.port != 22 else self.host
+
+
+# --------------------------------------------------------------------------------------------- pure parts
+
+
+def ssh_options(ep: Endpoint) -> list[str]:
+    """The explicit ssh options used for every connection (no user config, exact known_hosts)."""
+    return [
+        "-F", "/dev/null",
+        "-o", "StrictHostKeyChecking=accept-new",
+        "-o", f"UserKnownHostsFile={ep.known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "HashKnownHosts=no",
+        "-o", "CheckHostIP=no",
+        "-o", "IdentitiesOnly=yes",
+        "-o", "IdentityAgent=none",
+        "-o", "PreferredAuthentications=publickey",
+        "-o", "ControlMaster=no",
+        "-o", "ControlPath=none",
+        "-o", "LogLevel=ERROR",
+        "-i", str(ep.key),
+        "-p", str(ep.port),
+        "-l", ep.user,
+    ]
+
+
+def ssh_argv(
+    ep: Endpoint,
+    remote: str | None = None,
+    tty: bool = False,
+    batch: bool = False,
+    connect_timeout: int = 10,
+) -> list[str]:
+    """A complete ssh command line; ``remote`` None means the login shell."""
+    argv = ["ssh", *ssh_options(ep), "-o", f"ConnectTimeout={connect_timeout}"]
+    if batch:
+        argv += ["-o", "BatchMode=yes"]
+    argv.append("-tt" if tty else "-T")
+    argv.append(ep.host)
+    if remote is not None:
+        argv.append(remote)
+    return argv
+
+
+def parse_env_pairs(pairs: Sequence[str] | None) -> dict[str, str]:
+    """Pure parser of ``--env K=V`` flags (the value is everything after the first ``=``)."""
+    env: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--env {pair!r} is not NAME=VALUE", "write e.g. --env FOO=bar")
+        env[name] = value
+    check_env(env)
+    return env
+
+
+def check_env(env: Mapping[str, str]) -> None:
+    """Refuse variable names bash cannot export and values that cannot travel (NUL bytes)."""
+    for name, value in env.items():
+        if not _ENV_NAME.match(name):
+            raise ConfigError(
+                f"invalid environment variable name {name!r}",
+                "use letters, digits and underscores, not starting with a digit",
+            )
+        if "\0" in value:
+            raise ConfigError(f"the value of {name} contains a NUL byte", "environment values cannot hold NUL")
+
+
+def command_script(command: str | None = None, argv: Sequence[str] | None = None,
+                   env: Mapping[str, str] | None = None) -> str:
+    """The bash script a run executes: exports, then the command (a string, or argv quoted word by word).
+
+    The exports come first inside the login shell, so profile files cannot override them (Debian's
+    /etc/profile resets PATH, for example).
+    """
+    if (command is None) == (argv is None):
+        raise ConfigError("give exactly one of a command string or an argv list", "e.g. --cmd 'ls -l'")
+    if argv is not None:
+        if not argv:
+            raise ConfigError("the argv list is empty", "give the program to run")
+        command = shlex.join(argv)
+    assert command is not None
+    if "\0" in command:
+        raise ConfigError("the command contains a NUL byte", "remove it")
+    env = dict(env or {})
+    check_env(env)
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
+    lines.append(command)
+    return "\n".join(lines)
+
+
+def remote_blob(program: str) -> str:
+    """Wrap a bash program so that the remote login shell sees only base64 and fixed words.
+
+    The line is parsed the same way by sh, dash, bash, zsh, fish and csh: single quotes, no newline.
+    """
+    blob = base64.b64encode(program.encode("utf-8", "surrogateescape")).decode("ascii")
+    return f"exec bash -c 'eval \"$(printf %s {blob} | base64 -d)\"'"
+
+
+def foreground_program(script: str) -> str:
+    """The remote program of a foreground run: the script under ``bash -lc``, stdin left to the caller."""
+    return f"exec bash -lc {shlex.quote(script)}"
+
+
+def log_name(now: float | None = None, ident: str | None = None) -> str:
+    """The file name of a detached run's log: ``<UTC timestamp>-<id>.log``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    return f"{stamp}-{ident or uuid.uuid4().hex[:8]}.log"
+
+
+def detach_program(script: str, name: str, settle: float = 0.5) -> str:
+    """The remote program of a detached run.
+
+    It starts ``bash -lc SCRIPT`` in its own session (setsid, nohup), stdin from /dev/null, stdout and
+    stderr to ``~/.containai/logs/NAME``; when the command ends, its status goes to ``NAME.status``
+    (written to a temporary file and renamed, so a reader never sees it half written). The program waits
+    up to ``settle`` seconds, then reports on stdout with marker lines: ``CAI-LOG path``, and either
+    ``CAI-PID pid`` (``kill -0`` says it is alive) or ``CAI-EXIT status`` plus ``CAI-TAIL`` and the last
+    lines of the log. It never waits for the job, so the SSH session closes at once.
+    """
+    steps = max(1, int(round(settle / 0.05)))
+    return "\n".join([
+        f'log_dir="$HOME/{LOG_DIR}"',
+        f'log="$log_dir/{name}"',
+        'if ! mkdir -p "$log_dir" 2>/dev/null; then echo "CAI-ERROR cannot create $log_dir"; exit 0; fi',
+        f"inner={shlex.quote(script)}",
+        'if command -v setsid >/dev/null 2>&1; then set -- setsid; else set --; fi',
+        '"$@" nohup bash -c \'bash -lc "$1"; s=$?; echo "$s" > "$2.status.tmp"; '
+        'mv -f "$2.status.tmp" "$2.status"\' cai-detached "$inner" "$log" </dev/null >"$log" 2>&1 &',
+        "pid=$!",
+        "i=0",
+        f'while [ "$i" -lt {steps} ] && [ ! -e "$log.status" ]; do sleep 0.05; i=$((i+1)); done',
+        'echo "CAI-LOG $log"',
+        'if [ ! -e "$log.status" ] && kill -0 "$pid" 2>/dev/null; then echo "CAI-PID $pid"; exit 0; fi',
+        'wait "$pid" 2>/dev/null',
+        'echo "CAI-EXIT $(cat "$log.status" 2>/dev/null || echo unknown)"',
+        'echo "CAI-TAIL"',
+        f'tail -n {TAIL_LINES} "$log" 2>/dev/null',
+        "exit 0",
+    ])
+
+
+@dataclass(frozen=True)
+class DetachReport:
+    """What the remote detach program reported."""
+
+    log_path: str | None = None
+    pid: int | None = None
+    status: int | None = None
+    ended: bool = False
+    tail: str = ""
+    error: str = ""
+
+
+def parse_detach_report(text: str) -> DetachReport:
+    """Pure parser of the detach program's stdout (noise from rc files before the markers is ignored)."""
+    log_path: str | None = None
+    pid: int | None = None
+    status: int | None = None
+    ended = False
+    error = ""
+    tail_lines: list[str] = []
+    in_tail = False
+    for line in text.splitlines():
+        if in_tail:
+            tail_lines.append(line)
+        elif line.startswith("CAI-LOG "):
+            log_path = line[len("CAI-LOG "):]
+        elif line.startswith("CAI-PID "):
+            raw = line[len("CAI-PID "):].strip()
+            pid = int(raw) if raw.isdigit() else None
+        elif line.startswith("CAI-EXIT "):
+            ended = True
+            raw = line[len("CAI-EXIT "):].strip()
+            status = int(raw) if raw.isdigit() else None
+        elif line == "CAI-TAIL":
+            in_tail = True
+        elif line.startswith("CAI-ERROR "):
+            error = line[len("CAI-ERROR "):]
+    return DetachReport(log_path, pid, status, ended, "\n".join(tail_lines), error)
+
+
+def classify_probe_failure(stderr: str) -> str:
+    """Pure classifier of a failed pre-flight probe's stderr.
+
+    Returns one of ``hostkey-changed``, ``hostkey``, ``auth``, ``key-perms``, ``key-unreadable``,
+    ``refused``, ``timeout``, ``other``.
+    """
+    text = stderr.lower()
+    if "remote host identification has changed" in text:
+        return "hostkey-changed"
+    if "unprotected private key file" in text or "bad permissions" in text:
+        return "key-perms"
+    if "no such identity" in text or "load key" in text:
+        return "key-unreadable"
+    if "host key verification failed" in text:
+        return "hostkey"
+    if "permission denied" in text:
+        return "auth"
+    if "connection refused" in text or "connection reset" in text or "connection closed" in text:
+        return "refused"
+    if "timed out" in text:
+        return "timeout"
+    return "other"
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of a tool's output."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def choose_running(running: Sequence[str], stopped: Sequence[str]) -> str:
+    """Pure choice of the container for ``inv shell`` without ``--container``."""
+    if len(running) == 1:
+        return running[0]
+    if not running:
+        extra = f" (stopped: {', '.join(stopped)})" if stopped else ""
+        raise NotFoundError(f"no managed container is running{extra}", "pick one with --container NAME")
+    raise ConfigError(
+        f"{len(running)} managed containers are running: {', '.join(running)}",
+        "pick one with --container NAME",
+    )
+
+
+# ----------------------------------------------------------------------------------------- reaching it
+
+
+def _stderr_notice(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+    """True when something accepts connections on host:port or the address cannot be bound."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        try:
+            probe.connect((host, port))
+            return True
+        except OSError:
+            pass
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def sshd_answers(port: int, host: str = LOOPBACK, timeout: int = 2) -> bool:
+    """True when ``ssh-keyscan`` gets a host key from host:port."""
+    try:
+        proc = subprocess.run(
+            ["ssh-keyscan", "-T", str(timeout), "-p", str(port), host],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout + 5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return any(ln and not ln.startswith("#") for ln in proc.stdout.splitlines())
+
+
+def wait_for_sshd(
+    port: int,
+    wait: float,
+    host: str = LOOPBACK,
+    alive: Callable[[], str | None] | None = None,
+    container: str = "",
+) -> None:
+    """Wait for sshd with a growing back-off; ``alive`` returns a reason to stop early (container died)."""
+    deadline = time.monotonic() + max(0.0, wait)
+    delay = 0.1
+    while True:
+        if sshd_answers(port, host):
+            return
+        if alive is not None:
+            reason = alive()
+            if reason:
+                raise SshTransportError(
+                    f"container {container!r} {reason} before sshd answered on {host}:{port}",
+                    f"see its log: docker logs {container}",
+                )
+        now = time.monotonic()
+        if now >= deadline:
+            raise SshTransportError(
+                f"sshd in container {container!r} did not answer on {host}:{port} within {wait:g}s",
+                f"check that sshd runs in it (docker logs {container}) or retry with a longer --wait",
+            )
+        time.sleep(min(delay, max(0.0, deadline - now)))
+        delay = min(delay * 2, 2.0)
+
+
+def _require_tools() -> None:
+    for tool in ("ssh", "ssh-keyscan", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            raise OpsError(f"{tool} is not installed", "install the OpenSSH client (apt-get install openssh-client)")
+
+
+def _endpoint(conf: CaiConfig, name: str, port: int) -> Endpoint:
+    key = conf.expand(conf.ssh_key)
+    if not key.is_file():
+        raise ConfigError(
+            f"SSH key {key} does not exist",
+            "set cai.ssh_key (INVOKE_CAI_SSH_KEY) to the private key whose public half the containers trust",
+        )
+    if not os.access(key, os.R_OK):
+        raise ConfigError(f"SSH key {key} is not readable", "run as its owner or fix its permissions")
+    known = conf.expand(conf.known_hosts)
+    try:
+        known.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        known.touch(exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use known_hosts file {known} ({exc.strerror})",
+            "set cai.known_hosts (INVOKE_CAI_KNOWN_HOSTS) to a writable path",
+        ) from None
+    return Endpoint(container=name, port=port, user=conf.ssh_user, key=key, known_hosts=known)
+
+
+def connect_engine(conf: CaiConfig) -> Any:
+    """The engine of ``cai.docker_host`` (a lazily imported ``ops.engine.Engine``)."""
+    from ops.engine import Engine
+
+    return Engine.connect(conf.docker_host, conf.label)
+
+
+def pick_container(engine: Any, name: str | None) -> Any:
+    """The managed container named ``name``, or the only running one when no name is given."""
+    if name:
+        return engine.get(name)
+    managed = engine.managed()
+    running = [c.name for c in managed if c.running]
+    stopped = [c.name for c in managed if not c.running]
+    return engine.get(choose_running(running, stopped))
+
+
+def _state_watch(engine: Any, name: str) -> Callable[[], str | None]:
+    """A check that says why a container we just started is no longer running (None while it runs)."""
+
+    def check() -> str | None:
+        try:
+            state = engine.get(name).state
+        except OpsError:
+            return "disappeared"
+        return None if state == "running" else f"stopped ({state})"
+
+    return check
+
+
+def reach(
+    conf: CaiConfig,
+    container: str | None,
+    wait: float = 30.0,
+    notice: Notice = _stderr_notice,
+) -> Endpoint:
+    """Resolve the container, start it if it is stopped, wait for sshd, and prove SSH works."""
+    _require_tools()
+    engine = connect_engine(conf)
+    try:
+        found = pick_container(engine, container)
+        name = found.name
+        port = found.ssh_port
+        if port is None:
+            raw = found.labels.get("containai.ssh-port")
+            what = f"an invalid containai.ssh-port label ({raw!r})" if raw else "no containai.ssh-port label"
+            raise OpsError(
+                f"container {name!r} has {what}",
+                "recreate it with ContainAI, which publishes its SSH port on 127.0.0.1",
+            )
+        ep = _endpoint(conf, name, port)
+        alive: Callable[[], str | None] | None = None
+        if not found.running:
+            if port_in_use(port):
+                raise OpsError(
+                    f"port {LOOPBACK}:{port} of stopped container {name!r} is already in use by another process",
+                    f"free it (ss -ltnp 'sport = :{port}' shows who holds it) or recreate the container",
+                )
+            notice(f"starting container {name} ...")
+            results = engine.start_all([name])
+            if not results or not results[0].ok:
+                detail = results[0].detail if results else "no result"
+                raise EngineError(f"cannot start container {name!r} ({detail})", f"see: docker logs {name}")
+
+            alive = _state_watch(engine, name)
+
+        wait_for_sshd(port, wait, alive=alive, container=name)
+    finally:
+        engine.close()
+    preflight(ep, notice)
+    return ep
+
+
+def preflight(ep: Endpoint, notice: Notice = _stderr_notice, attempts: int = 3) -> None:
+    """Run ``true`` over SSH with BatchMode and no stdin; fix a changed host key once; else raise."""
+    key_replaced = False
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            proc = subprocess.run(
+                ssh_argv(ep, "true", batch=True), stdin=subprocess.DEVNULL,
+                capture_output=True, text=True, timeout=60,
+            )
+        except subprocess.TimeoutExpired:
+            raise SshTransportError(
+                f"SSH to container {ep.container!r} ({ep.host}:{ep.port}) did not finish within 60s",
+                f"check that sshd in it is healthy (docker logs {ep.container})",
+            ) from None
+        if proc.returncode == 0:
+            return
+        kind = classify_probe_failure(proc.stderr)
+        if kind == "hostkey-changed" and not key_replaced:
+            forget_host_key(ep)
+            notice(
+                f"the host key of {ep.known_hosts_entry} changed (container {ep.container} was recreated?); "
+                f"removed the old entry from {ep.known_hosts}"
+            )
+            key_replaced = True
+            continue
+        if kind in ("refused", "timeout") and tries < attempts:
+            time.sleep(0.5 * tries)
+            continue
+        raise _probe_error(ep, kind, proc.returncode, proc.stderr)
+
+
+def forget_host_key(ep: Endpoint) -> None:
+    """Remove the endpoint's entry from the dedicated known_hosts file."""
+    proc = subprocess.run(
+        ["ssh-keygen", "-R", ep.known_hosts_entry, "-f", str(ep.known_hosts)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        raise SshTransportError(
+            f"cannot remove the old host key of {ep.known_hosts_entry} from {ep.known_hosts} "
+            f"({last_line(proc.stderr) or proc.returncode})",
+            f"remove it by hand: ssh-keygen -R '{ep.known_hosts_entry}' -f {ep.known_hosts}",
+        )
+
+
+def _probe_error(ep: Endpoint, kind: str, code: int, stderr: str) -> SshTransportError:
+    where = f"container {ep.container!r} ({ep.host}:{ep.port})"
+    if kind == "auth":
+        return SshTransportError(
+            f"{where} refused the key {ep.key} for user {ep.user!r}",
+            "set cai.ssh_key to the key the container trusts, or cai.ssh_user to its user",
+        )
+    if kind == "key-perms":
+        return SshTransportError(f"ssh refuses the key {ep.key}: its permissions are too open",
+                                 f"chmod 600 {ep.key}")
+    if kind == "key-unreadable":
+        return SshTransportError(f"ssh cannot load the key {ep.key}", "set cai.ssh_key to a valid private key")
+    if kind in ("hostkey-changed", "hostkey"):
+        return SshTransportError(
+            f"the host key of {where} does not match {ep.known_hosts} even after replacing it",
+            f"check what listens on port {ep.port}; remove the entry with "
+            f"ssh-keygen -R '{ep.known_hosts_entry}' -f {ep.known_hosts}",
+        )
+    if kind in ("refused", "timeout"):
+        return SshTransportError(f"cannot connect to {where} ({last_line(stderr)})",
+                                 f"check that sshd runs in it (docker logs {ep.container})")
+    detail = last_line(stderr) or f"ssh exited {code}"
+    return SshTransportError(f"SSH to {where} failed ({detail})",
+                             f"check sshd in it (docker logs {ep.container})")
+
+
+# ----------------------------------------------------------------------------------------------- actions
+
+
+def shell_argv(ep: Endpoint) -> list[str]:
+    """The ssh command line of the interactive login shell (TTY forced)."""
+    return ssh_argv(ep, None, tty=True)
+
+
+def shell(
+    conf: CaiConfig,
+    container: str | None = None,
+    wait: float = 30.0,
+    replace_process: bool = True,
+    notice: Notice = _stderr_notice,
+) -> int:
+    """Open an interactive login shell; with ``replace_process`` this process becomes ssh (never returns)."""
+    ep = reach(conf, container, wait, notice)
+    argv = shell_argv(ep)
+    if replace_process:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execvp(argv[0], argv)
+    return subprocess.call(argv)
+
+
+def run(
+    conf: CaiConfig,
+    container: str,
+    argv: list[str] | None = None,
+    command: str | None = None,
+    env: dict[str, str] | None = None,
+    detach: bool = False,
+    wait: float = 30.0,
+    settle: float = 0.5,
+    forward_stdin: bool = False,
+    capture: bool = False,
+    notice: Notice = _stderr_notice,
+) -> RunResult:
+    """Run a command (a string for ``bash -lc``, or an argv list) in a container, exactly once.
+
+    Foreground: output streams to this process's stdout/stderr (or is captured with ``capture`` into
+    ``RunResult.stdout``/``stderr``) and ``exit_code`` is the remote status. Detached: ``pid`` and
+    ``log_path`` are set when the process was confirmed alive; otherwise ``exit_code`` is non-zero
+    (the command's own status when it ended with one) and ``tail`` holds the end of its log.
+    Failures before the session started raise ``SshTransportError`` (or another ``OpsError``).
+    """
+    script = command_script(command=command, argv=argv, env=env)
+    ep = reach(conf, container, wait, notice)
+    return run_on(ep, script, detach=detach, settle=settle, forward_stdin=forward_stdin, capture=capture,
+                  notice=notice)
+
+
+def run_on(
+    ep: Endpoint,
+    script: str,
+    detach: bool = False,
+    settle: float = 0.5,
+    forward_stdin: bool = False,
+    capture: bool = False,
+    notice: Notice = _stderr_notice,
+) -> RunResult:
+    """Run a ``command_script`` on an endpoint that ``reach`` proved reachable (one session, no retry)."""
+    container = ep.container
+    if not detach:
+        remote = remote_blob(foreground_program(script))
+        stdin = None if forward_stdin else subprocess.DEVNULL
+        if capture:
+            proc = subprocess.run(ssh_argv(ep, remote), stdin=stdin, capture_output=True)
+            return RunResult(proc.returncode, detail=f"exited with status {proc.returncode}",
+                             stdout=proc.stdout.decode("utf-8", "surrogateescape"),
+                             stderr=proc.stderr.decode("utf-8", "surrogateescape"))
+        code = subprocess.call(ssh_argv(ep, remote), stdin=stdin)
+        if code == 255:
+            notice("ssh exited 255: the command exited 255 or the connection was lost (not retried)")
+        return RunResult(code, detail=f"exited with status {code}")
+    name = log_name()
+    remote = remote_blob(detach_program(script, name, settle))
+    proc = subprocess.run(ssh_argv(ep, remote), stdin=subprocess.DEVNULL, capture_output=True)
+    out = proc.stdout.decode("utf-8", "replace")
+    report = parse_detach_report(out)
+    if report.pid is not None:
+        return RunResult(0, pid=report.pid, log_path=report.log_path, detail="running")
+    if not report.ended and not report.error:
+        raise OpsError(
+            f"the detached start in {container!r} did not report back (ssh exited {proc.returncode}: "
+            f"{last_line(proc.stderr.decode('utf-8', 'replace')) or 'no message'}); it was not retried",
+            f"look for ~/{LOG_DIR}/{name} in the container before starting it again",
+        )
+    if report.error:
+        raise OpsError(f"cannot start the detached command in {container!r}: {report.error}",
+                       "make the user's home directory writable")
+    if report.status == 0:
+        return RunResult(0, log_path=report.log_path, tail=report.tail,
+                         detail="finished with status 0 before it could be confirmed running")
+    status = report.status if report.status is not None else 1
+    what = f"exited with status {report.status}" if report.status is not None else "died without a status"
+    return RunResult(status if status != 0 else 1, log_path=report.log_path, tail=report.tail, detail=what)
