@@ -29,12 +29,13 @@ DEFAULTS: dict[str, Any] = {
     "lima_vm": "containai-docker",
     "lima_home": "~/.lima",
     "target": "local",
-    "targets": [],
+    "targets": "",
     "state_dir": "/var/lib/containai-ops",
     "ssh_key": "~/.config/containai/id_containai",
     "known_hosts": "~/.config/containai/known_hosts",
     "ssh_user": "agent",
     "platform": "",
+    "ssh_config": "",
 }
 
 
@@ -58,6 +59,7 @@ class CaiConfig:
     known_hosts: str
     ssh_user: str
     platform: str
+    ssh_config: str
 
     @property
     def label_key(self) -> str:

@@ -223,4 +223,4 @@ def run_doctor(targets: list[str], conf: CaiConfig, base: Any = None, parallel: 
     if len(targets) == 1:
         return [check_target(targets[0], conf, base)]
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(targets)))) as pool:
-        return list(pool.map(lambda t: check_target(t, conf, None if t != "local" else base), targets))
+        return list(pool.map(lambda t: check_target(t, conf, base), targets))

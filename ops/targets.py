@@ -88,6 +88,20 @@ def lima_alias(vm: str) -> str:
     return f"lima-{vm}"
 
 
+def host_ssh_config(conf: CaiConfig) -> Path | None:
+    """The ssh config file for ``ssh://`` targets (``cai.ssh_config``), or None for the user's default.
+
+    Fabric and the OpenSSH engine tunnel both read this one file, so keys and host options agree.
+    """
+    if not conf.ssh_config:
+        return None
+    path = conf.expand(conf.ssh_config)
+    if not path.is_file():
+        raise TargetError(f"cai.ssh_config {conf.ssh_config!r} does not exist",
+                          "point cai.ssh_config (INVOKE_CAI_SSH_CONFIG) at an ssh config file, or leave it empty")
+    return path
+
+
 def make_context(target: Target, conf: CaiConfig, base: Any = None) -> Any:
     """The Context for a target: ``invoke.Context`` locally, ``fabric.Connection`` otherwise.
 
@@ -114,7 +128,11 @@ def make_context(target: Target, conf: CaiConfig, base: Any = None) -> Any:
             )
         config = fabric.Config(runtime_ssh_path=str(path), overrides=overrides)
         return fabric.Connection(lima_alias(target.vm), config=config, connect_timeout=15)
-    config = fabric.Config(overrides=overrides)
+    ssh_config = host_ssh_config(conf)
+    if ssh_config is not None:
+        config = fabric.Config(runtime_ssh_path=str(ssh_config), overrides=overrides)
+    else:
+        config = fabric.Config(overrides=overrides)
     return fabric.Connection(
         target.host, user=target.user or None, port=target.port, config=config, connect_timeout=15
     )
@@ -270,7 +288,10 @@ def resolve(text: str, conf: CaiConfig, base: Any = None) -> Resolved:
     facts = probe_host(ctx)
     if target.kind == "lima":
         return Resolved(target, ctx, "macos", facts)
-    return Resolved(target, ctx, platform_of(facts, conf.platform), facts)
+    # "macos" describes the machine running the toolkit (its local target is the Lima VM); an SSH
+    # host is never that Mac, so its platform is detected there (or forced to linux / wsl2).
+    override = "" if conf.platform == "macos" else conf.platform
+    return Resolved(target, ctx, platform_of(facts, override), facts)
 
 
 # --- engine socket --------------------------------------------------------------------------------
@@ -289,7 +310,9 @@ def ssh_base_args(target: Target, conf: CaiConfig) -> list[str]:
         return ["ssh", "-F", str(lima_ssh_config(conf, target.vm)), lima_alias(target.vm)]
     if target.kind == "ssh":
         dest = f"{target.user}@{target.host}" if target.user else target.host
-        return ["ssh", "-p", str(target.port), "-o", "BatchMode=yes", dest]
+        ssh_config = host_ssh_config(conf)
+        extra = ["-F", str(ssh_config)] if ssh_config is not None else []
+        return ["ssh", *extra, "-p", str(target.port), "-o", "BatchMode=yes", dest]
     raise TargetError("the local target needs no SSH")
 
 
