@@ -3,12 +3,16 @@
 A release build (``build_sysbox``):
 1. shallow-clone the packager at a tag or branch (``git clone --depth 1 --branch REF URL``);
 2. fix the fuse dependency of every ``deb/sysbox-*/control`` (``control.fix_fuse_depends``);
-3. run the packager's build command (``make -C deb generic EDITION=ce``);
+3. run the packager's build command (``make -C deb generic EDITION=ce``) with
+   ``CONTAINAI_VERSION_SUFFIX`` (the marker) and ``SYSBOX_VERSION`` (``<upstream><marker>``, when the
+   upstream version is known) in its environment, so a packager that honours them builds binaries
+   whose ``--version`` carries the marker (``update`` reads the installed version from the binary);
 4. take the one ``sysbox-ce_*.deb`` under ``deb/build/<arch>/<baseline>/`` (never the dbgsym package);
 5. repack it (``repack``): the fuse fix again on DEBIAN/control (a no-op when step 2 took effect), the
    build marker appended to the upstream part of Version, root ownership, xz;
-6. verify it, then publish ``<Package>_<Version>_<Architecture>.deb`` and its ``.sha256`` into the output
-   folder under temporary names renamed at the end, so a failure never leaves a partial file there.
+6. verify it (including that the packaged ``sysbox-runc --version`` names the same build), then
+   publish ``<Package>_<Version>_<Architecture>.deb`` and its ``.sha256`` into the output folder
+   under temporary names renamed at the end, so a failure never leaves a partial file there.
 All work happens in a temporary folder that is removed afterwards.
 """
 
@@ -30,6 +34,15 @@ from pathlib import Path
 from ops.deb.control import fix_fuse_depends, set_field
 from ops.deb.errors import BuildError, ControlError, DebError
 from ops.deb.inspect import DebInfo, deb_file_name, read_deb
+from ops.deb.runc import (
+    VERSION_VARIABLE,
+    build_env,
+    find_upstream_version,
+    package_build_version,
+    probe_runc,
+    runc_version_violations,
+)
+from ops.errors import RefusedError, VersionParseError
 
 PIN_FILE = Path(__file__).resolve().parents[2] / "packaging" / "sysbox-pkgr.toml"
 DEFAULT_BUILD_CMD = "make -C deb generic EDITION=ce"
@@ -137,7 +150,10 @@ class Repacked:
 
 
 def repack(src: Path, work: Path, suffix: str, *, package: str = "sysbox-ce") -> Repacked:
-    """Unpack ``src``, fix DEBIAN/control (fuse -> fuse3, Version + suffix), rebuild as root with xz."""
+    """Unpack ``src``, fix DEBIAN/control (fuse -> fuse3, Version + suffix), rebuild as root with xz.
+
+    An empty ``suffix`` keeps the Version as it is.
+    """
     src_info = read_deb(src)
     if src_info.package != package:
         raise DebError(
@@ -159,7 +175,7 @@ def repack(src: Path, work: Path, suffix: str, *, package: str = "sysbox-ce") ->
         raise DebError(f"{src}: {exc.message}", exc.hint) from None
     text = edit.text
     actions += [f"DEBIAN/control: {a}" for a in edit.actions]
-    new_version = marked_version(src_info.version, check_suffix(suffix))
+    new_version = marked_version(src_info.version, check_suffix(suffix)) if suffix else src_info.version
     if new_version != src_info.version:
         text = set_field(text, "Version", new_version)
         actions.append(f"Version {src_info.version} -> {new_version}")
@@ -247,18 +263,25 @@ def patch_packager(root: Path) -> list[str]:
     return actions
 
 
-def run_build(cmd: str, cwd: Path, *, stream: bool, log_path: Path) -> None:
-    """Run the packager's build command; output goes to the terminal (``stream``) or to a log."""
+def run_build(cmd: str, cwd: Path, *, stream: bool, log_path: Path, env: dict[str, str] | None = None) -> None:
+    """Run the packager's build command with ``env`` added to ours; output to the terminal or a log."""
     argv = shlex.split(cmd)
+    full_env = dict(os.environ, **(env or {}))
     if not argv:
         raise BuildError("the build command is empty", "use e.g. --build-cmd 'make -C deb generic EDITION=ce'")
     try:
         if stream:
-            code = subprocess.run(argv, cwd=cwd, check=False, stdin=subprocess.DEVNULL).returncode
+            code = subprocess.run(argv, cwd=cwd, check=False, stdin=subprocess.DEVNULL, env=full_env).returncode
         else:
             with log_path.open("w", encoding="utf-8") as log:
                 code = subprocess.run(
-                    argv, cwd=cwd, check=False, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                    argv,
+                    cwd=cwd,
+                    check=False,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=full_env,
                 ).returncode
     except FileNotFoundError:
         raise BuildError(f"the build command {argv[0]!r} was not found", "install it or change --build-cmd") from None
@@ -318,11 +341,48 @@ def build_sysbox(
         actions = patch_packager(checkout)
         for line in actions:
             log(line)
-        log(f"building: {build_cmd}")
-        run_build(build_cmd, checkout, stream=stream, log_path=work / "build.log")
+        upstream, source = find_upstream_version(checkout, ref)
+        env = build_env(suffix, upstream)
+        if upstream:
+            log(f"upstream Sysbox version {upstream} (from {source})")
+        else:
+            log(f"upstream Sysbox version unknown (no VERSION file, ref {ref!r}): {VERSION_VARIABLE} is not set")
+        log("building: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + f" {build_cmd}")
+        run_build(build_cmd, checkout, stream=stream, log_path=work / "build.log", env=env)
         built = find_built_deb(checkout, package)
         log(f"built {built.relative_to(checkout)}")
         return _finish(built, work, suffix, out, package, verify, log, actions)
+
+
+def binary_refusal(src: Path, info: DebInfo, suffix: str) -> tuple[str, str]:
+    """Why the binary route must not mark ``src`` with ``suffix`` ("" when it may), and a note to log.
+
+    patch-deb cannot change the binaries: marking the package of a binary that prints the upstream
+    version makes ``update`` (which reads the version from ``sysbox-runc --version``) see upstream
+    installed and the ContainAI build bundled on every run, so it would reinstall Sysbox forever.
+    """
+    new_version = marked_version(info.version, suffix)
+    expected = package_build_version(new_version)
+    probe = probe_runc(src, expected)
+    if not probe.ran:
+        if probe.mentions_expected:
+            return "", f"sysbox-runc cannot run here ({probe.reason}); its bytes contain {expected!r}"
+        return (
+            f"the packaged sysbox-runc cannot run here ({probe.reason}) and its bytes do not contain "
+            f"{expected!r}, so the package {new_version} would not match what the binary reports",
+            "",
+        )
+    if probe.exit_code != 0:
+        return f"the packaged sysbox-runc --version failed (exit {probe.exit_code})", ""
+    if not runc_version_violations(new_version, probe.output) and expected in probe.output:
+        return "", f"sysbox-runc reports {expected}"
+    from ops.versions import parse_sysbox_runc_output
+
+    try:
+        reported = parse_sysbox_runc_output(probe.output).raw
+    except VersionParseError:
+        reported = "no version"
+    return f"its sysbox-runc reports {reported}, not {expected}", ""
 
 
 def patch_deb(
@@ -332,12 +392,37 @@ def patch_deb(
     *,
     package: str = "sysbox-ce",
     verify: Callable[[Path, DebInfo], list[str]],
+    keep_version: bool = False,
     log: Log = _quiet,
 ) -> BuildResult:
-    """The binary route: fix an existing .deb (fuse -> fuse3, marker), verify and publish it."""
-    check_suffix(suffix)
+    """The binary route: fix an existing .deb (fuse -> fuse3, marker), verify and publish it.
+
+    The marker is only added when the packaged sysbox-runc already reports it (a ContainAI build);
+    otherwise this refuses (``RefusedError``), unless ``keep_version`` asks for the fuse fix alone
+    with the Version left as it is.
+    """
+    src = Path(src)
+    info = read_deb(src)
+    if info.package != package:
+        raise DebError(
+            f"{src} is a .deb of {info.package or 'an unnamed package'}, not {package}",
+            f"give a {package} package",
+        )
+    if keep_version:
+        suffix = ""
+    else:
+        check_suffix(suffix)
+        why, note = binary_refusal(src, info, suffix)
+        if why:
+            raise RefusedError(
+                f"{src.name}: {why}; patch-deb cannot change the binary, and a package marked {suffix} around it "
+                "would make update reinstall Sysbox on every run",
+                "build from source with inv pkg.build-sysbox (it embeds the marker in the binaries), or pass "
+                "--keep-version to fix only the fuse dependency",
+            )
+        log(note)
     with tempfile.TemporaryDirectory(prefix="cai-pkg-") as tmp:
-        return _finish(Path(src), Path(tmp), suffix, out, package, verify, log, [])
+        return _finish(src, Path(tmp), suffix, out, package, verify, log, [])
 
 
 def _finish(

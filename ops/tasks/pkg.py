@@ -16,11 +16,20 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _verifier(marker: str, install: bool) -> Any:
-    from ops.deb.verify import install_check, violations
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
+def _verifier(marker: str, install: bool, require_marker: bool = True) -> Any:
+    from ops.deb.runc import check_runc
+    from ops.deb.verify import DEFAULT_MARKER, install_check, violations
 
     def verify(path: Path, info: Any) -> list[str]:
-        found = violations(info, marker=marker)
+        found = violations(info, marker=marker or DEFAULT_MARKER, require_marker=require_marker)
+        problems, warnings = check_runc(info)
+        found += problems
+        for line in warnings:
+            _warn(line)
         if install and not found:
             problems, summaries = install_check(path, info)
             for line in summaries:
@@ -43,7 +52,8 @@ def _suffix(version_suffix: str) -> str:
         "ref": "tag or branch of the packager to build (default: packaging/sysbox-pkgr.toml)",
         "version_suffix": "marker appended to the upstream version (default: +containai.<UTC YYYYMMDD>)",
         "out": "folder that receives the .deb and its .sha256 (default: dist)",
-        "build_cmd": "build command run in the packager checkout (default: make -C deb generic EDITION=ce)",
+        "build_cmd": "build command run in the packager checkout (default: make -C deb generic EDITION=ce); "
+        "it runs with CONTAINAI_VERSION_SUFFIX and SYSBOX_VERSION set",
         "install_check": "also simulate apt installs of the result (clean host, host with fuse 2)",
     }
 )
@@ -57,7 +67,7 @@ def build_sysbox(
     build_cmd: str = "",
     install_check: bool = False,
 ) -> None:
-    """Build the sysbox-ce .deb with the fuse3 dependency, verify it, write it and its .sha256 to --out."""
+    """Build the sysbox-ce .deb (fuse3 dependency, marker in Version and binaries), verify it, write it to --out."""
     from ops.deb.build import PackagerPin, build_sysbox, load_pin
 
     pin = load_pin() if not (pkgr_url and ref and build_cmd) else PackagerPin(pkgr_url, ref, build_cmd)
@@ -87,14 +97,19 @@ def build_sysbox(
 )
 @cli_errors
 def verify_deb(ctx: Any, path: str, install_check: bool = False, marker: str = "", arch: str = "") -> None:
-    """Prove a built sysbox-ce .deb is right: fuse3 dependency, no fuse, marker, files; exit 1 listing violations."""
+    """Prove a sysbox-ce .deb is right: fuse3, no fuse, marker in Version and sysbox-runc, files; exit 1 if not."""
     from ops.deb.inspect import read_deb
+    from ops.deb.runc import check_runc
     from ops.deb.verify import DEFAULT_MARKER, violations
     from ops.deb.verify import install_check as apt_check
 
     deb = Path(path)
     info = read_deb(deb)
     found = violations(info, marker=marker or DEFAULT_MARKER, arch=arch)
+    problems, warnings = check_runc(info)
+    found += problems
+    for line in warnings:
+        _warn(f"{deb}: {line}")
     if install_check:
         problems, summaries = apt_check(deb, info)
         for line in summaries:
@@ -104,7 +119,7 @@ def verify_deb(ctx: Any, path: str, install_check: bool = False, marker: str = "
         for line in found:
             print(f"{deb}: {line}", file=sys.stderr)
         raise Exit(f"error: {deb} failed verification with {len(found)} violation(s)", code=1)
-    checked = "fields, files, scripts"
+    checked = "fields, files, scripts, " + ("sysbox-runc --version" if not warnings else "not sysbox-runc --version")
     if install_check:
         checked += ", apt install on a clean host and a host with fuse 2"
     print(f"ok: {deb} ({info.package} {info.version} {info.architecture}; checked {checked})")
@@ -116,14 +131,31 @@ def verify_deb(ctx: Any, path: str, install_check: bool = False, marker: str = "
         "version_suffix": "marker appended to the upstream version (default: +containai.<UTC YYYYMMDD>)",
         "out": "folder that receives the fixed .deb and its .sha256 (default: dist)",
         "install_check": "also simulate apt installs of the result (clean host, host with fuse 2)",
+        "keep_version": "fix only the fuse dependency and keep Version as it is (for a binary without the marker)",
     }
 )
 @cli_errors
-def patch_deb(ctx: Any, deb: str, version_suffix: str = "", out: str = "dist", install_check: bool = False) -> None:
-    """Fix an existing sysbox-ce .deb (fuse -> fuse3, version marker), verify it, write it to --out."""
+def patch_deb(
+    ctx: Any,
+    deb: str,
+    version_suffix: str = "",
+    out: str = "dist",
+    install_check: bool = False,
+    keep_version: bool = False,
+) -> None:
+    """Fix an existing sysbox-ce .deb (fuse -> fuse3; marker only if its binary has it), verify, write to --out."""
     from ops.deb.build import patch_deb as patch
+    from ops.errors import ConfigError
 
-    suffix = _suffix(version_suffix)
-    result = patch(Path(deb), suffix, Path(out), verify=_verifier(suffix, install_check), log=_say)
+    if keep_version and version_suffix:
+        raise ConfigError("--keep-version and --version-suffix exclude each other", "give one of them")
+    suffix = "" if keep_version else _suffix(version_suffix)
+    verify = _verifier(suffix, install_check, require_marker=not keep_version)
+    result = patch(Path(deb), suffix, Path(out), verify=verify, keep_version=keep_version, log=_say)
     info = result.info
+    if keep_version and "+containai." not in info.version:
+        _warn(
+            f"{result.deb.name} keeps the upstream Version {info.version}: update sees a host with that upstream "
+            "version installed as current and will not install this package there; install it with apt by hand"
+        )
     print(f"ok: {result.deb} ({info.package} {info.version} {info.architecture}), checksum {result.sha256}")

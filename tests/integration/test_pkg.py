@@ -73,6 +73,25 @@ def no_files(folder: Path) -> bool:
     return not folder.exists() or not any(folder.iterdir())
 
 
+def runc_version(deb: Path, tmp: Path) -> str:
+    """What the packaged sysbox-runc --version reports, parsed like update parses an installed one."""
+    from ops.versions import parse_sysbox_runc_output
+
+    root = tmp / "x"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    out = subprocess.run([str(root / "usr/bin/sysbox-runc"), "--version"], capture_output=True, text=True, check=True)
+    shutil.rmtree(root)
+    return parse_sysbox_runc_output(out.stdout).raw
+
+
+#: A binary for another machine (an ELF header with an e_machine no kernel or binfmt handler runs),
+#: holding the marked version string the way a Go binary holds its -X main.version.
+FOREIGN_RUNC = (
+    b"\x7fELF\x02\x01\x01" + b"\0" * 9 + b"\x02\x00" + b"\x5a\x5a" + b"\x01\0\0\0" + b"\0" * 44
+    + b"version\0" + f"0.6.7{SUFFIX}".encode() + b"\0"
+)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def packager(tmp_path_factory: pytest.TempPathFactory) -> str:
     return make_packager_repo(tmp_path_factory.mktemp("pkgr") / "sysbox-pkgr")
@@ -100,16 +119,27 @@ def upstream_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return debs[0]
 
 
-def variant(good: Path, tmp: Path, *, depends: str | None = None, package: str | None = None) -> Path:
-    """A copy of a built .deb with a different Depends or Package, named from its own fields."""
+def variant(
+    good: Path,
+    tmp: Path,
+    *,
+    depends: str | None = None,
+    package: str | None = None,
+    version: str | None = None,
+    architecture: str | None = None,
+    runc: bytes | None = None,
+) -> Path:
+    """A copy of a .deb with different fields or sysbox-runc, named from its own fields."""
     root = tmp / "root"
     subprocess.run(["dpkg-deb", "-R", str(good), str(root)], check=True)
     control = root / "DEBIAN" / "control"
     lines = control.read_text().splitlines()
-    if depends is not None:
-        lines = [f"Depends: {depends}" if ln.startswith("Depends:") else ln for ln in lines]
-    if package is not None:
-        lines = [f"Package: {package}" if ln.startswith("Package:") else ln for ln in lines]
+    for name, value in (("Depends", depends), ("Package", package), ("Version", version),
+                        ("Architecture", architecture)):  # fmt: skip
+        if value is not None:
+            lines = [f"{name}: {value}" if ln.startswith(f"{name}:") else ln for ln in lines]
+    if runc is not None:
+        (root / "usr" / "bin" / "sysbox-runc").write_bytes(runc)
     control.write_text("\n".join(lines) + "\n")
     staged = tmp / "staged.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(root), str(staged)], check=True, capture_output=True)
@@ -135,6 +165,41 @@ def test_build_yields_one_right_deb(built: Path) -> None:
     assert field(built, "Architecture") == arch
     assert built.name == f"sysbox-ce_{version}_{arch}.deb"
     assert subprocess.run(["dpkg", "--compare-versions", version, "gt", "0.6.7.linux-0"]).returncode == 0
+
+
+def test_built_binary_reports_the_marked_version(built: Path, tmp_path: Path) -> None:
+    from ops.facts import deb_version
+    from ops.versions import Action, Observed, State, decide, parse_version
+
+    reported = runc_version(built, tmp_path)
+    assert reported == f"0.6.7{SUFFIX}"
+    installed = Observed(State.INSTALLED, parse_version(reported))
+    assert decide("sysbox", installed, deb_version(built)).action is Action.CURRENT
+
+
+def test_build_with_a_packager_that_ignores_the_marker_fails(tmp_path: Path) -> None:
+    def ignore_suffix(root: Path) -> None:
+        makefile = root / "deb" / "Makefile"
+        makefile.write_text(makefile.read_text().replace("$(UPSTREAM_VERSION)$(CONTAINAI_VERSION_SUFFIX)",
+                                                         "$(UPSTREAM_VERSION)"))  # fmt: skip
+
+    url = make_packager_repo(tmp_path / "pkgr", ignore_suffix)
+    out = tmp_path / "out"
+    res = inv("pkg.build-sysbox", "--pkgr-url", url, "--ref", "v0.6.7", "--version-suffix", SUFFIX, "--out", str(out))
+    assert_one_error_line(
+        res, "failed verification (1 violation(s))",
+        f"sysbox-runc reports 0.6.7 but the package is 0.6.7.linux{SUFFIX}: build with "
+        f"CONTAINAI_VERSION_SUFFIX={SUFFIX}",
+        "update can tell it is installed",
+    )  # fmt: skip
+    assert no_files(out)
+
+
+def test_build_passes_the_version_variables(packager: str, tmp_path: Path) -> None:
+    res = inv("pkg.build-sysbox", "--pkgr-url", packager, "--ref", "v0.6.7", "--version-suffix", SUFFIX,
+              "--out", str(tmp_path / "o"), "--build-cmd",
+              "sh -c 'echo \"suffix=$CONTAINAI_VERSION_SUFFIX version=$SYSBOX_VERSION\"; exit 7'")  # fmt: skip
+    assert_one_error_line(res, "failed with exit 7", f"suffix={SUFFIX} version=0.6.7{SUFFIX}")
 
 
 def test_checksum_file_checks(built: Path) -> None:
@@ -222,6 +287,36 @@ def test_verify_rejects_the_upstream_build(upstream_deb: Path) -> None:
         assert want in res.stderr
 
 
+def test_verify_rejects_a_marked_package_around_an_upstream_binary(upstream_deb: Path, tmp_path: Path) -> None:
+    bad = variant(upstream_deb, tmp_path, depends=EXPECTED_DEPENDS, version=f"0.6.7.linux{SUFFIX}-0")
+    res = inv("pkg.verify-deb", str(bad))
+    assert res.returncode == 1
+    lines = res.stderr.splitlines()
+    assert lines == [
+        f"{bad}: sysbox-runc reports 0.6.7 but the package is 0.6.7.linux{SUFFIX}: build with "
+        f"CONTAINAI_VERSION_SUFFIX={SUFFIX} (inv pkg.build-sysbox sets it; the Sysbox sources' VERSION must carry "
+        "it) so the binary carries the marker and update can tell it is installed",
+        f"error: {bad} failed verification with 1 violation(s)",
+    ]
+
+
+def test_verify_rejects_a_binary_of_another_build(built: Path, tmp_path: Path) -> None:
+    bad = variant(built, tmp_path, version="0.6.7.linux+containai.20260301-0")
+    res = inv("pkg.verify-deb", str(bad))
+    assert res.returncode == 1
+    assert f"sysbox-runc reports 0.6.7{SUFFIX} but the package is 0.6.7.linux+containai.20260301" in res.stderr
+
+
+def test_verify_warns_when_the_binary_cannot_run_here(built: Path, tmp_path: Path) -> None:
+    foreign = variant(built, tmp_path, architecture="arm64", runc=FOREIGN_RUNC)
+    res = inv("pkg.verify-deb", str(foreign))
+    assert res.returncode == 0, res.stderr
+    (line,) = res.stderr.splitlines()
+    assert line.startswith(f"warning: {foreign}: cannot run the packaged arm64 sysbox-runc on this machine (")
+    assert f"its bytes contain '0.6.7{SUFFIX}'" in line
+    assert "not sysbox-runc --version" in res.stdout
+
+
 def test_verify_bad_files(tmp_path: Path, built: Path) -> None:
     random = tmp_path / "random.deb"
     random.write_bytes(os.urandom(4096))
@@ -285,20 +380,48 @@ def test_build_bad_suffix(packager: str, tmp_path: Path) -> None:
     assert_one_error_line(res, "version suffix 'containai' is not valid")
 
 
-def test_patch_deb_binary_route(upstream_deb: Path, tmp_path: Path) -> None:
+def test_patch_deb_refuses_to_mark_an_upstream_binary(upstream_deb: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     res = inv("pkg.patch-deb", str(upstream_deb), "--version-suffix", SUFFIX, "--out", str(out))
+    assert res.returncode == 2
+    assert_one_error_line(
+        res, f"its sysbox-runc reports 0.6.7, not 0.6.7{SUFFIX}", "patch-deb cannot change the binary",
+        "update reinstall Sysbox on every run", "inv pkg.build-sysbox", "--keep-version",
+    )  # fmt: skip
+    assert no_files(out)
+
+
+def test_patch_deb_keep_version_fixes_fuse_only(upstream_deb: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = inv("pkg.patch-deb", str(upstream_deb), "--keep-version", "--out", str(out))
     assert res.returncode == 0, res.stderr
     (deb,) = out.glob("*.deb")
     assert field(deb, "Depends") == EXPECTED_DEPENDS
-    assert field(deb, "Version") == f"0.6.7.linux{SUFFIX}-0"
-    assert inv("pkg.verify-deb", str(deb)).returncode == 0
-    # the binary route on its own output changes nothing that matters
+    assert field(deb, "Version") == "0.6.7.linux-0"
+    assert runc_version(deb, tmp_path) == "0.6.7"
+    assert "warning: " in res.stderr and "will not install this package there" in res.stderr
+    # without the marker it is not a ContainAI build, and verify says so (and only that)
+    check = inv("pkg.verify-deb", str(deb))
+    assert check.returncode == 1
+    assert "carries no build marker" in check.stderr.splitlines()[0]
+    assert len(check.stderr.splitlines()) == 2
+    both = inv("pkg.patch-deb", str(upstream_deb), "--keep-version", "--version-suffix", SUFFIX, "--out", str(out))
+    assert_one_error_line(both, "--keep-version and --version-suffix exclude each other")
+
+
+def test_patch_deb_on_a_containai_build(built: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
-    res = inv("pkg.patch-deb", str(deb), "--version-suffix", SUFFIX, "--out", str(again))
+    res = inv("pkg.patch-deb", str(built), "--version-suffix", SUFFIX, "--out", str(again))
     assert res.returncode == 0, res.stderr
     (deb2,) = again.glob("*.deb")
-    assert deb2.name == deb.name and field(deb2, "Depends") == EXPECTED_DEPENDS
+    assert deb2.name == built.name and field(deb2, "Depends") == EXPECTED_DEPENDS
+    assert runc_version(deb2, tmp_path) == f"0.6.7{SUFFIX}"
+    # another stamp would name a build the binary is not
+    other = tmp_path / "other"
+    res = inv("pkg.patch-deb", str(built), "--version-suffix", "+containai.20260301", "--out", str(other))
+    assert res.returncode == 2
+    assert f"its sysbox-runc reports 0.6.7{SUFFIX}" in res.stderr
+    assert no_files(other)
 
 
 def test_patch_deb_bad_input(upstream_deb: Path, tmp_path: Path) -> None:

@@ -134,8 +134,39 @@ def test_fixed_package_installs_fuse3_and_sysbox_fs_runs(lab_host: Any, fixed_de
 
     assert running_past_check(host, "sysbox-fs") == "active"
     assert unit_state(host, "sysbox") == "active"
-    code, out, _ = sh(host, "sysbox-runc --version")
-    assert code == 0 and "version:" in out
+    assert_update_sees_it_current(host, fixed_deb)
+
+
+def upstream_then_bundled(host: Any, deb: Path) -> str:
+    """What update decides for the installed Sysbox against ``deb``."""
+    from ops.facts import deb_version, sysbox_installed
+    from ops.lab import hosts
+    from ops.versions import decide
+
+    conn = hosts.connection(host)
+    try:
+        return decide("sysbox", sysbox_installed(conn), deb_version(deb)).action.value
+    finally:
+        conn.close()
+
+
+def assert_update_sees_it_current(host: Any, deb: Path) -> None:
+    """The installed binary names the .deb's build, so update decides CURRENT (no endless reinstall)."""
+    from ops.facts import deb_version, sysbox_installed
+    from ops.lab import hosts
+    from ops.versions import Action, State, decide
+
+    conn = hosts.connection(host)
+    try:
+        installed = sysbox_installed(conn)  # reads sysbox-runc --version through Fabric, as update does
+    finally:
+        conn.close()
+    bundled = deb_version(deb)
+    assert installed.state is State.INSTALLED and installed.version is not None, installed
+    assert str(installed.version) == f"0.6.7{SUFFIX}"
+    assert installed.version.same_as(bundled)
+    decision = decide("sysbox", installed, bundled)
+    assert decision.action is Action.CURRENT, decision.reason
 
 
 def test_unpatched_package_leaves_sysbox_fs_failed_then_the_fix_repairs_it(
@@ -152,6 +183,7 @@ def test_unpatched_package_leaves_sysbox_fs_failed_then_the_fix_repairs_it(
     assert running_past_check(host, "sysbox-fs") == "failed"
     _, journal, _ = sh(host, "journalctl -u sysbox-fs --no-pager -n 20 2>&1")
     assert "fusermount3" in journal
+    assert upstream_then_bundled(host, fixed_deb) == "upgrade"  # upstream 0.6.7 installed, ContainAI build bundled
 
     # upgrading to the fixed package replaces fuse with fuse3 and sysbox-fs starts
     install(host, fixed_deb)
@@ -160,3 +192,4 @@ def test_unpatched_package_leaves_sysbox_fs_failed_then_the_fix_repairs_it(
     code, _, _ = sh(host, "command -v fusermount3")
     assert code == 0
     assert running_past_check(host, "sysbox-fs") == "active"
+    assert_update_sees_it_current(host, fixed_deb)

@@ -20,6 +20,13 @@ from ops.deb.control import (
 )
 from ops.deb.errors import BuildError, ControlError
 from ops.deb.inspect import DebInfo, deb_file_name, normalize_member
+from ops.deb.runc import (
+    build_env,
+    find_upstream_version,
+    package_build_version,
+    runc_version_violations,
+    upstream_numbers,
+)
 from ops.deb.verify import (
     REQUIRED_FILES,
     AptPlan,
@@ -466,3 +473,87 @@ def test_pin_errors() -> None:
         parse_pin("url = ")
     with pytest.raises(BuildError):
         parse_pin('url = "x"\n')
+
+
+# --- the version the packaged sysbox-runc reports ----------------------------------------------------
+
+RUNC_OUT = "sysbox-runc\n\tedition: \tCommunity Edition (CE)\n\tversion: \t{}\n\tcommit: \tabc\n"
+
+
+@pytest.mark.parametrize(
+    "version, build",
+    [
+        ("0.6.7.linux+containai.20260127-0", "0.6.7+containai.20260127"),
+        ("1:0.6.7.linux+containai.20260127-0", "0.6.7+containai.20260127"),
+        ("0.6.7.linux-0", "0.6.7"),
+        ("0.6.7+containai.20260127", "0.6.7+containai.20260127"),
+    ],
+)
+def test_package_build_version(version: str, build: str) -> None:
+    assert package_build_version(version) == build
+
+
+def test_runc_version_matches_the_package() -> None:
+    marked = RUNC_OUT.format("0.6.7+containai.20260127")
+    assert runc_version_violations("0.6.7.linux+containai.20260127-0", marked) == []
+    assert runc_version_violations("0.6.7.linux-0", RUNC_OUT.format("0.6.7")) == []
+
+
+def test_runc_without_the_marker_is_a_violation_that_says_how_to_build() -> None:
+    (line,) = runc_version_violations("0.6.7.linux+containai.20260127-0", RUNC_OUT.format("0.6.7"))
+    assert line.startswith(
+        "sysbox-runc reports 0.6.7 but the package is 0.6.7.linux+containai.20260127: "
+        "build with CONTAINAI_VERSION_SUFFIX=+containai.20260127"
+    )
+    assert line.endswith("so the binary carries the marker and update can tell it is installed")
+
+
+@pytest.mark.parametrize(
+    "package, reported",
+    [
+        ("0.6.7.linux+containai.20260301-0", "0.6.7+containai.20260127"),  # another rebuild
+        ("0.6.7.linux+containai.20260127-0", "0.6.8+containai.20260127"),  # other numbers
+        ("0.6.7.linux-0", "0.6.7+containai.20260127"),  # ContainAI binary in an upstream package
+    ],
+)
+def test_runc_of_another_build_is_a_violation(package: str, reported: str) -> None:
+    (line,) = runc_version_violations(package, RUNC_OUT.format(reported))
+    assert f"sysbox-runc reports {reported} but the package is " in line
+    assert "must name the same build" in line
+
+
+def test_runc_without_a_version_line_is_a_violation() -> None:
+    (line,) = runc_version_violations("0.6.7.linux+containai.20260127-0", "sysbox-runc\n")
+    assert "--version shows no version" in line
+
+
+def test_build_env() -> None:
+    assert build_env("+containai.20260127", "0.6.7") == {
+        "CONTAINAI_VERSION_SUFFIX": "+containai.20260127",
+        "SYSBOX_VERSION": "0.6.7+containai.20260127",
+    }
+    assert build_env("+containai.20260127", None) == {"CONTAINAI_VERSION_SUFFIX": "+containai.20260127"}
+
+
+def test_upstream_numbers() -> None:
+    assert upstream_numbers("0.6.7\n") == "0.6.7"
+    assert upstream_numbers("v0.6.7") == "0.6.7"
+    assert upstream_numbers("0.6.7-dev") == "0.6.7"
+    assert upstream_numbers("main") is None
+    assert upstream_numbers("") is None
+
+
+def test_find_upstream_version(tmp_path: Path) -> None:
+    assert find_upstream_version(tmp_path, "main") == (None, "")
+    assert find_upstream_version(tmp_path, "v0.6.6") == ("0.6.6", "the ref v0.6.6")
+    (tmp_path / "sources" / "sysbox").mkdir(parents=True)
+    (tmp_path / "sources" / "sysbox" / "VERSION").write_text("0.6.5\n")
+    assert find_upstream_version(tmp_path, "v0.6.6") == ("0.6.5", "sources/sysbox/VERSION")
+    (tmp_path / "VERSION").write_text("0.6.7\n")
+    assert find_upstream_version(tmp_path, "v0.6.6") == ("0.6.7", "VERSION")
+
+
+def test_violations_without_the_marker_requirement() -> None:
+    assert violations(_info(name="sysbox-ce_0.6.7.linux-0_amd64.deb", Version="0.6.7.linux-0"),
+                      require_marker=False) == []  # fmt: skip
+    assert "not a valid Debian version" in violations(_info(Version="x!"), require_marker=False, check_name=False)[0]
