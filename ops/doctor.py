@@ -173,7 +173,7 @@ def _extra_checks() -> list[Check]:
         from ops import repair
 
         def ownership(r: Resolved, engine: Any, conf: CaiConfig) -> list[Finding]:
-            if engine is None or r.target.remote:
+            if engine is None:
                 return []
             return repair.doctor_findings(engine, conf, r.name, r.platform)
 

@@ -1,0 +1,181 @@
+"""Pure parts of the repair: parsers, owner rules, the planner, platform messages."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ops.errors import ConfigError, OpsError
+from ops.repair import core
+from ops.repair.scope import (
+    Owner,
+    Volume,
+    parse_id_output,
+    parse_override,
+    parse_passwd,
+    parse_user_spec,
+    passwd_gid_of_uid,
+    tar_file_text,
+    tar_member,
+    valid_volume_name,
+    volume_attrs_problem,
+    volume_names,
+    volume_path,
+)
+from ops.repair.taint import SudoOwner, parse_stat_owner, taint_finding
+from ops.repair.walk import NOBODY, new_owner, show_path
+
+pytestmark = pytest.mark.unit
+
+PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\nagent:x:1234:1235::/home/agent:/bin/sh\n"
+
+
+@pytest.mark.parametrize(
+    "name, ok",
+    [("data", True), ("a.b_c-1", True), ("0abc", True), ("", False), (".hidden", False), ("../x", False),
+     ("a/b", False), ("-x", False), ("a b", False), ("a\n", False), ("é", False)],
+)
+def test_volume_names(name: str, ok: bool) -> None:
+    assert valid_volume_name(name) is ok
+
+
+def test_volume_path_refuses_bad_names() -> None:
+    assert volume_path("/var/lib/containai-docker", "v1") == "/var/lib/containai-docker/volumes/v1/_data"
+    with pytest.raises(OpsError, match="not a plain name"):
+        volume_path("/x", "../etc")
+
+
+def test_volume_names_from_inspect() -> None:
+    attrs = {"Mounts": [
+        {"Type": "volume", "Name": "data", "Destination": "/data"},
+        {"Type": "bind", "Source": "/home", "Destination": "/home"},
+        {"Type": "volume", "Name": "cache"},
+        {"Type": "tmpfs", "Destination": "/run"},
+    ]}
+    assert volume_names(attrs) == ["data", "cache"]
+    assert volume_names({}) == []
+
+
+@pytest.mark.parametrize(
+    "spec, want",
+    [("1234", (1234, None)), ("1234:1235", (1234, 1235)), ("agent", None), ("", None), ("0", None),
+     ("0:0", None), ("1234:agent", None), ("root", None), (" 42 ", (42, None))],
+)
+def test_user_spec(spec: str, want: tuple[int, int | None] | None) -> None:
+    assert parse_user_spec(spec) == want
+
+
+def test_passwd() -> None:
+    assert parse_passwd(PASSWD, "agent") == (1234, 1235)
+    assert parse_passwd(PASSWD, "missing") is None
+    assert parse_passwd("agent:x:abc:1::/:/bin/sh\n", "agent") is None
+    assert passwd_gid_of_uid(PASSWD, 1234) == 1235
+    assert passwd_gid_of_uid(PASSWD, 99) is None
+
+
+def test_id_and_stat_output() -> None:
+    assert parse_id_output("1000\n") == 1000
+    assert parse_id_output("id: unknown user agent\n") is None
+    assert parse_stat_owner("0:0\n") == (0, 0)
+    assert parse_stat_owner("65534:65534") == (65534, 65534)
+    assert parse_stat_owner("stat: can't stat") is None
+
+
+def test_override() -> None:
+    assert parse_override(None, None) is None
+    assert parse_override("1000", "1001") == (1000, 1001)
+    for uid, gid, text in [("5", None, "go together"), (None, "5", "go together"), ("x", "1", "whole number"),
+                           ("-1", "1", "whole number"), ("65534", "1", "nobody")]:
+        with pytest.raises(ConfigError, match=text):
+            parse_override(uid, gid)
+
+
+def _tar(name: str, data: bytes, uid: int = 0, gid: int = 0) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.uid, info.gid = len(data), uid, gid
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_archive_parsing() -> None:
+    assert tar_file_text(_tar("passwd", PASSWD.encode()), "passwd") == PASSWD
+    assert tar_file_text(_tar("other", b"x"), "passwd") is None
+    member = tar_member(_tar("sudo", b"\x7fELF", 65534, 65534), "sudo")
+    assert member is not None and (member.uid, member.gid) == (65534, 65534)
+
+
+def test_volume_attrs_problem() -> None:
+    path = "/d/volumes/v/_data"
+    assert volume_attrs_problem({"Driver": "local", "Options": None, "Mountpoint": path}, path) == ""
+    assert "mount options" in volume_attrs_problem(
+        {"Driver": "local", "Options": {"o": "bind", "device": "/etc", "type": "none"}}, path)
+    assert "not a local volume" in volume_attrs_problem({"Driver": "nfs"}, path)
+    assert "cai.data_root" in volume_attrs_problem({"Driver": "local", "Mountpoint": "/other/_data"}, path)
+
+
+@given(st.integers(0, 2**32 - 2), st.integers(0, 2**32 - 2))
+def test_only_nobody_parts_change(uid: int, gid: int) -> None:
+    nu, ng = new_owner(uid, gid, 1000, 1001)
+    assert nu == (1000 if uid == NOBODY else -1)
+    assert ng == (1001 if gid == NOBODY else -1)
+
+
+@given(st.binary(min_size=1, max_size=40))
+def test_shown_paths_are_one_printable_line(raw: bytes) -> None:
+    text = show_path(raw)
+    assert "\n" not in text and "\r" not in text and text.isprintable()
+
+
+def test_show_path_examples() -> None:
+    assert show_path(b"a/new\nline") == "a/new\\nline"
+    assert show_path(b"bad-\xff") == "bad-\\xff"
+    assert show_path(b"") == "."
+
+
+@pytest.mark.parametrize(
+    "platform, sysname, inside, visible, want",
+    [("macos", "Linux", False, True, core.MACOS_MESSAGE), ("", "Darwin", False, False, core.MACOS_MESSAGE),
+     ("linux", "Darwin", False, True, ""), ("", "Linux", True, False, core.CONTAINER_MESSAGE),
+     ("", "Linux", True, True, ""), ("", "Linux", False, False, "")],
+)
+def test_unsupported_message(platform: str, sysname: str, inside: bool, visible: bool, want: str) -> None:
+    assert core.unsupported_message(platform, sysname, inside, visible) == want
+
+
+def _facts(name: str, *owners: tuple[str, Owner], problem: str = "") -> core.VolumeFacts:
+    return core.VolumeFacts(Volume(name, tuple(c for c, _ in owners)), tuple(owners), problem)
+
+
+def test_plan() -> None:
+    a = Owner(1000, 1000, "id agent")
+    b = Owner(1234, 1234, "Config.User")
+    d = Owner(1000, 1000, "default", "container c: cannot tell")
+    plans = core.plan([
+        _facts("one", ("c1", a)),
+        _facts("shared-same", ("c1", a), ("c2", Owner(1000, 1000, "passwd"))),
+        _facts("shared-diff", ("c1", a), ("c3", b)),
+        _facts("bind", ("c1", a), problem="local volume with mount options (bind or special mount)"),
+        _facts("nobody", ("c4", Owner(65534, 65534, "id agent"))),
+        _facts("fallback", ("c5", d)),
+    ], "/root")
+    by = {p.name: p for p in plans}
+    assert by["one"].owner == a and by["one"].path == "/root/volumes/one/_data" and not by["one"].skip
+    assert by["shared-same"].owner is not None
+    assert by["shared-diff"].owner is None and "disagree" in by["shared-diff"].skip
+    assert by["bind"].owner is None and "mount options" in by["bind"].skip
+    assert by["nobody"].owner is None and "nobody" in by["nobody"].skip
+    assert by["fallback"].owner == d and by["fallback"].warnings == ("container c: cannot tell",)
+
+
+def test_taint_finding() -> None:
+    assert not SudoOwner("c", 0, 0, "exec").tainted
+    owner = SudoOwner("c", 65534, 65534, "archive")
+    f = taint_finding(owner, "local", "linux")
+    assert owner.tainted and f.code == "rootfs.tainted" and f.severity == "warning"
+    assert "cai run --fresh" in f.hint and "never chown" in f.hint
