@@ -82,10 +82,14 @@ def taint_finding(owner: SudoOwner, target: str, platform: str) -> Finding:
 
 
 def taint_findings(engine: Engine, containers: list[ManagedContainer], target: str, platform: str) -> list[Finding]:
-    """A ``rootfs.tainted`` finding for every managed container whose sudo is not 0:0."""
-    out = []
-    for c in containers:
-        owner = sudo_owner(engine, c)
-        if owner is not None and owner.tainted:
-            out.append(taint_finding(owner, target, platform))
-    return out
+    """A ``rootfs.tainted`` finding for every managed container whose sudo is not 0:0.
+
+    Containers are asked in parallel (one exec or archive request each), in a stable order.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not containers:
+        return []
+    with ThreadPoolExecutor(max_workers=min(16, len(containers))) as pool:
+        owners = list(pool.map(lambda c: sudo_owner(engine, c), containers))
+    return [taint_finding(o, target, platform) for o in owners if o is not None and o.tainted]
