@@ -161,26 +161,18 @@ def engine_findings(r: Resolved, engine: Any, error: OpsError | None) -> list[Fi
 
 
 def _extra_checks() -> list[Check]:
-    """Checks contributed by the feature modules (units, ownership)."""
-    checks: list[Check] = []
-    try:
-        from ops import units
+    """Checks contributed by the feature modules: units (drift, engine unit) and ownership/taint."""
+    from ops import repair, units
 
-        checks.append(lambda r, engine, conf: units.doctor_findings(r.ctx, conf, r.name, r.platform))
-    except ImportError:
-        pass
-    try:
-        from ops import repair
+    def unit_checks(r: Resolved, engine: Any, conf: CaiConfig) -> list[Finding]:
+        return units.doctor_findings(r.ctx, conf, r.name, r.platform)
 
-        def ownership(r: Resolved, engine: Any, conf: CaiConfig) -> list[Finding]:
-            if engine is None:
-                return []
-            return repair.doctor_findings(engine, conf, r.name, r.platform)
+    def ownership(r: Resolved, engine: Any, conf: CaiConfig) -> list[Finding]:
+        if engine is None:
+            return []
+        return repair.doctor_findings(engine, conf, r.name, r.platform)
 
-        checks.append(ownership)
-    except ImportError:
-        pass
-    return checks
+    return [unit_checks, ownership]
 
 
 def check_target(text: str, conf: CaiConfig, base: Any = None) -> TargetReport:

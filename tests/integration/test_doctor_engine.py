@@ -112,7 +112,9 @@ def test_cli_lists_and_documents(tmp_path: Path) -> None:
     listing = inv("--list")
     assert "doctor" in listing.stdout and "lab.up" in listing.stdout
     helptext = inv("--help", "doctor").stdout
-    for flag in ["--json", "--fix", "--target", "--repair", "--all", "--container", "--dry-run", "--uid", "--gid"]:
+    flags = ["--json", "--fix", "--target", "--repair", "--all", "--container", "--dry-run", "--uid", "--gid"]
+    for flag in flags:
         assert flag in helptext
-    script = subprocess.run([str(Path(sys.executable).parent / "cai-ops"), "--list"], capture_output=True, text=True, cwd=tmp_path)
+    cai_ops = str(Path(sys.executable).parent / "cai-ops")
+    script = subprocess.run([cai_ops, "--list"], capture_output=True, text=True, cwd=tmp_path)
     assert script.returncode == 0 and "doctor" in script.stdout

@@ -17,7 +17,10 @@ pytestmark = pytest.mark.unit
 PROBE = Path(__file__).parent / "golden" / "probe"
 
 
-def resolved(name: str, target: Target = Target("local"), override: str = "") -> Resolved:
+LOCAL = Target("local")
+
+
+def resolved(name: str, target: Target = LOCAL, override: str = "") -> Resolved:
     facts = parse_host_facts((PROBE / name).read_text())
     platform = "macos" if target.kind == "lima" else platform_of(facts, override)
     return Resolved(target, None, platform, facts)

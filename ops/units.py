@@ -1,0 +1,331 @@
+"""The systemd units of a ContainAI host: render them from config, detect drift, install them.
+
+Rendered files (all from templates in ``systemd/``):
+
+- ``<unit_dir>/containai-docker.service``: the bundled dockerd, configured by daemon.json only.
+- ``<unit_dir>/containai-docker-guard.service``: the stop hook. Ordered after the engine and the
+  Sysbox units and ``PartOf=`` each of them, so systemd stops it first whenever any of them is
+  stopped or restarted; its ``ExecStop=`` stops the managed containers while the engine still answers.
+- ``<opt_dir>/libexec/containai-guard``: the script the hook runs (docker CLI of the bundle).
+- ``/etc/containai/docker/daemon.json``: the keys the engine needs (hosts, data-root, exec-root,
+  pidfile, the sysbox-runc runtime) merged into whatever else the host's file holds.
+
+Rendering and drift detection are pure; ``install`` is the only writer.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ops.config import CaiConfig
+from ops.errors import ConfigError, OpsError
+
+ENGINE_UNIT = "containai-docker.service"
+GUARD_UNIT = "containai-docker-guard.service"
+SYSBOX_UNITS = ("sysbox.service", "sysbox-mgr.service", "sysbox-fs.service")
+DAEMON_JSON = "/etc/containai/docker/daemon.json"
+EXEC_ROOT = "/var/run/containai-docker"
+PIDFILE = "/var/run/containai-docker.pid"
+SYSBOX_RUNC = "/usr/bin/sysbox-runc"
+#: Seconds the stop hook and the engine get beyond the per-container stop timeout.
+STOP_MARGIN = 30
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "systemd"
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """One file as the toolkit installs it on a host."""
+
+    path: str  # absolute path on the target
+    text: str
+    mode: int
+    kind: str  # "unit", "script" or "config"
+
+    @property
+    def name(self) -> str:
+        """The file name (e.g. ``containai-docker.service``)."""
+        return Path(self.path).name
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A file whose installed content differs from the rendered one (or is missing)."""
+
+    path: str
+    kind: str
+    missing: bool
+    diff: str
+
+    @property
+    def name(self) -> str:
+        """The file name."""
+        return Path(self.path).name
+
+
+def guard_script_path(conf: CaiConfig) -> str:
+    """Where the stop-hook script is installed."""
+    return f"{conf.opt_dir.rstrip('/')}/libexec/containai-guard"
+
+
+def _template(name: str, template_dir: Path | None = None) -> str:
+    path = (template_dir or TEMPLATE_DIR) / name
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise OpsError(f"unit template {path} is missing ({exc.strerror})",
+                       "reinstall containai-ops; the systemd/ templates ship with it") from None
+
+
+def _substitute(text: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    if "@" in text:
+        import re
+
+        left = re.findall(r"@[A-Z_]+@", text)
+        if left:
+            raise OpsError(f"unit template has unknown placeholders {sorted(set(left))}",
+                           "this is a bug in the templates")
+    return text
+
+
+def _check_conf(conf: CaiConfig) -> None:
+    for key in ("opt_dir", "unit_dir"):
+        value = getattr(conf, key)
+        if not value.startswith("/") or any(c in value for c in " \t\n'\"$`\\%"):
+            example = "/opt/containai" if key == "opt_dir" else "/etc/systemd/system"
+            raise ConfigError(f"cai.{key} {value!r} must be an absolute path without spaces or quotes",
+                              f"set cai.{key} to e.g. {example}")
+    if not conf.docker_host.startswith("unix:///") or "'" in conf.docker_host:
+        raise ConfigError(f"cai.docker_host {conf.docker_host!r} is not a unix:// socket path",
+                          "use unix:///var/run/containai-docker.sock")
+    if any(c in conf.label for c in "'\n\\"):
+        raise ConfigError(f"cai.label {conf.label!r} contains quotes or newlines", "use containai.managed=true")
+
+
+def template_values(conf: CaiConfig) -> dict[str, str]:
+    """The placeholder values of the templates."""
+    _check_conf(conf)
+    stop = int(conf.stop_timeout)
+    return {
+        "OPT_DIR": conf.opt_dir.rstrip("/"),
+        "DAEMON_JSON": DAEMON_JSON,
+        "DOCKER_HOST": conf.docker_host,
+        "LABEL": conf.label,
+        "STOP_TIMEOUT": str(stop),
+        "ENGINE_STOP_TIMEOUT": str(stop + STOP_MARGIN),
+        "GUARD_STOP_TIMEOUT": str(stop + STOP_MARGIN),
+        "GUARD_START_TIMEOUT": "300",
+    }
+
+
+def daemon_required(conf: CaiConfig) -> dict[str, Any]:
+    """The daemon.json keys the engine needs; they win over the host's values."""
+    return {
+        "hosts": [conf.docker_host],
+        "data-root": conf.data_root,
+        "exec-root": EXEC_ROOT,
+        "pidfile": PIDFILE,
+        "runtimes": {"sysbox-runc": {"path": SYSBOX_RUNC}},
+    }
+
+
+def merge_daemon_json(installed: str | None, conf: CaiConfig) -> str:
+    """Pure: the daemon.json to install, keeping the host's other keys and runtimes.
+
+    An installed file that is not a JSON object is an error (never silently replaced).
+    """
+    current: dict[str, Any] = {}
+    if installed is not None and installed.strip():
+        try:
+            loaded = json.loads(installed)
+        except json.JSONDecodeError as exc:
+            raise OpsError(f"{DAEMON_JSON} is not valid JSON (line {exc.lineno}: {exc.msg})",
+                           "fix or remove the file, then rerun") from None
+        if not isinstance(loaded, dict):
+            raise OpsError(f"{DAEMON_JSON} is not a JSON object", "fix or remove the file, then rerun")
+        current = loaded
+    merged = dict(current)
+    required = daemon_required(conf)
+    for key, value in required.items():
+        if key == "runtimes":
+            runtimes = dict(current.get("runtimes") or {})
+            runtimes.update(value)
+            merged["runtimes"] = runtimes
+        else:
+            merged[key] = value
+    if installed is not None and installed.strip():
+        try:
+            if json.loads(installed) == merged:
+                return installed  # semantically identical: keep the host's formatting, no drift
+        except json.JSONDecodeError:
+            pass
+    return json.dumps(merged, indent=2, sort_keys=True) + "\n"
+
+
+def render(conf: CaiConfig, installed_daemon_json: str | None = None,
+           template_dir: Path | None = None) -> list[RenderedFile]:
+    """Pure: every file as ``update`` installs it, in install order."""
+    values = template_values(conf)
+    unit_dir = conf.unit_dir.rstrip("/")
+    return [
+        RenderedFile(guard_script_path(conf),
+                     _substitute(_template("containai-guard.in", template_dir), values), 0o755, "script"),
+        RenderedFile(DAEMON_JSON, merge_daemon_json(installed_daemon_json, conf), 0o644, "config"),
+        RenderedFile(f"{unit_dir}/{ENGINE_UNIT}",
+                     _substitute(_template(f"{ENGINE_UNIT}.in", template_dir), values), 0o644, "unit"),
+        RenderedFile(f"{unit_dir}/{GUARD_UNIT}",
+                     _substitute(_template(f"{GUARD_UNIT}.in", template_dir), values), 0o644, "unit"),
+    ]
+
+
+def managed_paths(conf: CaiConfig) -> list[str]:
+    """The paths of every file the toolkit manages on a host."""
+    unit_dir = conf.unit_dir.rstrip("/")
+    return [guard_script_path(conf), DAEMON_JSON, f"{unit_dir}/{ENGINE_UNIT}", f"{unit_dir}/{GUARD_UNIT}"]
+
+
+# --- reading installed files ----------------------------------------------------------------------
+
+_MARK = "@@CAI-FILE "
+
+
+def dump_command(paths: list[str]) -> str:
+    """A shell command printing each path's content (base64) or a missing marker, in one round trip."""
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    return (f"for f in {quoted}; do printf '\\n{_MARK}%s\\n' \"$f\"; "
+            "if [ -f \"$f\" ] && [ -r \"$f\" ]; then printf 'B:'; base64 -w0 \"$f\"; "
+            "else printf '@@MISSING'; fi; done; echo")
+
+
+def parse_file_dump(text: str) -> dict[str, str | None]:
+    """Pure parser of ``dump_command`` output: path -> content (None when missing or unreadable)."""
+    found: dict[str, str | None] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        if line.startswith(_MARK):
+            current = line[len(_MARK):]
+            found[current] = None
+            continue
+        if current is None or not line.strip():
+            continue
+        body = line.strip()
+        if body.startswith("B:"):
+            try:
+                found[current] = base64.b64decode(body[2:]).decode("utf-8", errors="replace")
+            except (ValueError, TypeError):
+                found[current] = None
+        current = None
+    return found
+
+
+def read_installed(ctx: Any, paths: list[str]) -> dict[str, str | None]:
+    """Read installed files on a target in one command."""
+    from ops.targets import run
+
+    code, out, err = run(ctx, dump_command(paths))
+    if code != 0 and _MARK not in out:
+        raise OpsError(f"cannot read the installed units: {err.strip()[:200]}", "check access to the host")
+    found = parse_file_dump(out)
+    return {p: found.get(p) for p in paths}
+
+
+def unified_diff(path: str, installed: str | None, rendered: str) -> str:
+    """A unified diff from the installed file to the rendered one."""
+    before = (installed or "").splitlines(keepends=True)
+    after = rendered.splitlines(keepends=True)
+    label = path if installed is not None else "/dev/null"
+    return "".join(difflib.unified_diff(before, after, fromfile=f"installed:{label}",
+                                        tofile=f"rendered:{path}"))
+
+
+def detect_drift(rendered: list[RenderedFile], installed: dict[str, str | None]) -> list[Drift]:
+    """Pure: the rendered files whose installed content differs (or which are missing)."""
+    drifts = []
+    for f in rendered:
+        have = installed.get(f.path)
+        if have == f.text:
+            continue
+        drifts.append(Drift(f.path, f.kind, have is None, unified_diff(f.path, have, f.text)))
+    return drifts
+
+
+def drift_on(ctx: Any, conf: CaiConfig) -> tuple[list[RenderedFile], list[Drift]]:
+    """Render for a target (merging its daemon.json) and compare with what it has installed."""
+    installed = read_installed(ctx, managed_paths(conf))
+    rendered = render(conf, installed.get(DAEMON_JSON))
+    return rendered, detect_drift(rendered, installed)
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+def write_out(files: list[RenderedFile], out_dir: str | Path) -> list[Path]:
+    """Write rendered files into a local directory (flat, by file name), with their modes."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for f in files:
+        dest = out / f.name
+        tmp = dest.with_name(f".{f.name}.tmp")
+        tmp.write_text(f.text, encoding="utf-8")
+        tmp.chmod(f.mode)
+        tmp.replace(dest)
+        written.append(dest)
+    return written
+
+
+def install(host: Any, files: list[RenderedFile], enable: bool = True) -> None:
+    """Write every file atomically on the target, then daemon-reload (and enable the engine unit).
+
+    ``host`` is an ``ops.update.hostio.Host`` (a Context with root access).
+    """
+    for f in files:
+        host.write_text(f.path, f.text, f.mode)
+    host.sh("systemctl daemon-reload", what="systemctl daemon-reload")
+    if enable:
+        host.sh(f"systemctl enable {ENGINE_UNIT} >/dev/null 2>&1 || systemctl enable {ENGINE_UNIT}",
+                what=f"systemctl enable {ENGINE_UNIT}")
+
+
+# --- doctor -----------------------------------------------------------------------------------------
+
+def doctor_findings(ctx: Any, conf: CaiConfig, target: str, platform: str) -> list[Any]:
+    """Doctor checks: ``units.drift`` (warning, with the diff) and ``engine.unit-inactive`` (error).
+
+    On a host whose PID 1 is not systemd there are no unit findings (other checks report that).
+    """
+    from ops.findings import Finding
+    from ops.targets import run
+
+    code, out, _err = run(ctx, "cat /proc/1/comm 2>/dev/null")
+    if out.strip() != "systemd":
+        return []
+    findings: list[Finding] = []
+    try:
+        _rendered, drifts = drift_on(ctx, conf)
+    except OpsError as exc:
+        findings.append(Finding("units.drift", "warning", target, f"cannot compare the units: {exc.message}",
+                                exc.hint, platform))
+        drifts = []
+    for d in drifts:
+        state = "missing" if d.missing else "differs from what this version renders"
+        findings.append(Finding(
+            "units.drift", "warning", target, f"{d.path} {state}",
+            "run `inv update` to install the rendered units (review them with `inv units.render`)",
+            platform, {"path": d.path, "kind": d.kind, "missing": d.missing, "diff": d.diff},
+        ))
+    _c, active, _e = run(ctx, f"systemctl is-active {ENGINE_UNIT} 2>/dev/null")
+    state = active.strip() or "unknown"
+    if state != "active":
+        findings.append(Finding(
+            "engine.unit-inactive", "error", target, f"{ENGINE_UNIT} is {state}",
+            f"start it with `sudo systemctl start {ENGINE_UNIT}`; see `journalctl -u {ENGINE_UNIT}`",
+            platform, {"unit": ENGINE_UNIT, "state": state},
+        ))
+    return findings

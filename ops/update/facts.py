@@ -1,0 +1,162 @@
+"""Facts of an update: what a target has installed, what the bundle holds, which units drifted,
+and which managed containers run. Gathering reads only; the planner works on these values."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ops.config import CaiConfig
+from ops.engine import ManagedContainer
+from ops.errors import EngineError, OpsError
+from ops.targets import run
+from ops.units import ENGINE_UNIT, Drift, RenderedFile
+from ops.versions import Observed, SysboxVersion
+
+_HOST_PROBE = (
+    "echo pid1=$(cat /proc/1/comm 2>/dev/null); "
+    "echo engine_state=$(systemctl is-active {unit} 2>/dev/null); "
+    "echo engine_load=$(systemctl show -p LoadState --value {unit} 2>/dev/null); "
+    "if [ -S {sock} ]; then echo socket=yes; else echo socket=no; fi"
+)
+
+
+@dataclass(frozen=True)
+class HostState:
+    """systemd and engine unit state of a target, from one probe."""
+
+    systemd: bool
+    engine_state: str  # active, inactive, failed, activating, ... or "unknown"
+    engine_loaded: bool  # the unit file exists
+    socket: bool  # the engine socket exists
+
+
+def parse_host_state(text: str) -> HostState:
+    """Pure parser of the host-state probe output."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    return HostState(
+        systemd=values.get("pid1") == "systemd",
+        engine_state=values.get("engine_state") or "unknown",
+        engine_loaded=values.get("engine_load") == "loaded",
+        socket=values.get("socket") == "yes",
+    )
+
+
+@dataclass(frozen=True)
+class UpdateFacts:
+    """Everything the planner needs about one target."""
+
+    target: str
+    platform: str
+    arch: str
+    host: HostState
+    sysbox_installed: Observed
+    sysbox_bundled: SysboxVersion | None
+    sysbox_deb: str | None  # local path of the bundled .deb
+    dockerd_installed: Observed
+    dockerd_bundled: SysboxVersion | None
+    dockerd_tarball: str | None  # local path of the bundled tarball
+    rendered: tuple[RenderedFile, ...]
+    drift: tuple[Drift, ...]
+    running: tuple[ManagedContainer, ...] | None = None  # None: not gathered (no stop needed)
+    engine_error: str = ""  # why the engine could not be listed, when it could not
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able summary (also used to show that a dry run changed nothing)."""
+        return {
+            "target": self.target,
+            "platform": self.platform,
+            "arch": self.arch,
+            "systemd": self.host.systemd,
+            "engine_unit": self.host.engine_state,
+            "sysbox": {"installed": str(self.sysbox_installed),
+                       "bundled": str(self.sysbox_bundled) if self.sysbox_bundled else None},
+            "dockerd": {"installed": str(self.dockerd_installed),
+                        "bundled": str(self.dockerd_bundled) if self.dockerd_bundled else None},
+            "drift": [d.path for d in self.drift],
+            "running": None if self.running is None else [c.name for c in self.running],
+        }
+
+
+def probe_host_state(ctx: Any, conf: CaiConfig) -> HostState:
+    """Read the host state in one command."""
+    from ops.targets import socket_path
+
+    sock = shlex.quote(socket_path(conf.docker_host))
+    _code, out, _err = run(ctx, _HOST_PROBE.format(unit=ENGINE_UNIT, sock=sock))
+    return parse_host_state(out)
+
+
+def bundle_of(conf: CaiConfig, arch: str) -> tuple[SysboxVersion, Path, SysboxVersion, Path]:
+    """The bundled sysbox .deb and dockerd tarball; a missing one is a clear error."""
+    from ops.facts import bundled_dockerd, bundled_sysbox
+
+    bundle = Path(conf.expand(conf.bundle_dir))
+    if not bundle.is_dir():
+        raise OpsError(f"the bundle directory {bundle} does not exist",
+                       "set cai.bundle_dir (INVOKE_CAI_BUNDLE_DIR) to the directory holding the "
+                       "sysbox-ce .deb and the docker-<version>.tgz")
+    sysbox_v, deb = bundled_sysbox(str(bundle), arch)
+    if sysbox_v is None or deb is None:
+        raise OpsError(f"no sysbox-ce_*_{arch}.deb in {bundle}",
+                       "put the bundled sysbox-ce .deb (and its .sha256) there or fix cai.bundle_dir")
+    dockerd_v, tarball = bundled_dockerd(str(bundle))
+    if dockerd_v is None or tarball is None:
+        raise OpsError(f"no docker-<version>.tgz in {bundle}",
+                       "put the dockerd bundle tarball (and its .sha256) there or fix cai.bundle_dir")
+    return sysbox_v, deb, dockerd_v, tarball
+
+
+def gather(resolved: Any, conf: CaiConfig) -> UpdateFacts:
+    """Gather the host-side facts of a resolved target (containers are gathered separately)."""
+    from ops.facts import bundle_installed, sysbox_installed
+    from ops.units import drift_on
+
+    ctx = resolved.ctx
+    host = probe_host_state(ctx, conf)
+    sysbox_v, deb, dockerd_v, tarball = bundle_of(conf, resolved.facts.arch)
+    rendered, drift = drift_on(ctx, conf)
+    return UpdateFacts(
+        target=resolved.name,
+        platform=resolved.platform,
+        arch=resolved.facts.arch,
+        host=host,
+        sysbox_installed=sysbox_installed(ctx),
+        sysbox_bundled=sysbox_v,
+        sysbox_deb=str(deb),
+        dockerd_installed=bundle_installed(ctx, conf.opt_dir),
+        dockerd_bundled=dockerd_v,
+        dockerd_tarball=str(tarball),
+        rendered=tuple(rendered),
+        drift=tuple(drift),
+    )
+
+
+def running_containers(docker_host: str, conf: CaiConfig, host: HostState,
+                       where: str = "") -> tuple[ManagedContainer, ...]:
+    """The running managed containers; an engine that should answer and does not is an error.
+
+    A host without the engine unit and without its socket has no engine yet: nothing runs.
+    """
+    from ops.engine import Engine
+
+    if not host.engine_loaded and not host.socket:
+        return ()
+    try:
+        engine = Engine.connect(docker_host, conf.label, timeout=30)
+    except EngineError:
+        state = f"{ENGINE_UNIT} is {host.engine_state}"
+        raise EngineError(f"the engine of {where or 'the target'} ({conf.docker_host}) does not answer "
+                          f"({state})", f"start it with `systemctl start {ENGINE_UNIT}` "
+                          "(or `inv update --resume` after an interrupted update), then rerun") from None
+    try:
+        return tuple(engine.running_managed())
+    finally:
+        engine.close()

@@ -1,0 +1,258 @@
+"""Helpers of the update and stop-hook lab tests: bundles made offline, containers in a lab host,
+snapshots of a host's state, and running ``inv`` against a lab host exactly as a user would."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGER = REPO / "tests" / "fixtures" / "packager"
+CACHE = Path(os.environ.get("CAI_LAB_ROOT", "/var/lib/cai-lab")) / "cache" / "update"
+D = "docker -H unix:///var/run/containai-docker.sock"
+OLD_SYSBOX = "0.6.6+containai.20250101"
+NEW_SYSBOX = "0.6.7+containai.20260101"
+OLD_DOCKERD = "20.10.24"
+NEW_DOCKERD = "20.10.99"
+#: Docker's static bundle members, and where Debian's docker.io (and containerd, runc) put them.
+BUNDLE_BINARIES = {
+    "dockerd": ["/usr/sbin/dockerd", "/usr/bin/dockerd"],
+    "docker": ["/usr/bin/docker"],
+    "containerd": ["/usr/bin/containerd"],
+    "containerd-shim-runc-v2": ["/usr/bin/containerd-shim-runc-v2"],
+    "docker-init": ["/usr/sbin/docker-init", "/usr/bin/docker-init"],  # may be missing: skipped then
+    "docker-proxy": ["/usr/sbin/docker-proxy", "/usr/bin/docker-proxy"],
+    "runc": ["/usr/sbin/runc", "/usr/bin/runc"],
+    "ctr": ["/usr/bin/ctr"],
+}
+REQUIRED = {"dockerd", "docker", "containerd", "containerd-shim-runc-v2", "runc"}
+
+
+def sh(host: Any, command: str, timeout: int = 600, check: bool = True) -> str:
+    """Run a command on a lab host; fail with its output when it fails."""
+    from ops.lab.hosts import run
+
+    code, out, err = run(host, command, timeout=timeout)
+    if check:
+        assert code == 0, f"{command[:120]!r} exited {code}: {err.strip()[-800:]} {out.strip()[-400:]}"
+    return out
+
+
+def conn(host: Any) -> Any:
+    from ops.lab.hosts import connection
+
+    return connection(host)
+
+
+# --- bundles -------------------------------------------------------------------------------------------
+
+def build_sysbox_deb(version: str, out_dir: Path, extra_depends: str = "") -> Path:
+    """A sysbox-ce .deb from the packaging fixture (fuse -> fuse3, as the real build patches it),
+    with its .sha256 beside it. ``extra_depends`` adds a dependency (e.g. one apt cannot resolve)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / f".pkgr-{version}"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(PACKAGER, work)
+    control = work / "deb" / "sysbox-ce" / "control"
+    text = control.read_text()
+    assert "         fuse,\n" in text, "the packaging fixture's control changed shape"
+    fuse3 = "         fuse3,\n" + (f"         {extra_depends},\n" if extra_depends else "")
+    control.write_text(text.replace("         fuse,\n", fuse3))
+    upstream, _, suffix = version.partition("+")
+    (work / "VERSION").write_text(upstream + "\n")
+    # the binaries print VERSION; the package Version carries the ContainAI marker, as the toolkit's
+    # build leaves it (make variables given on the command line override the Makefile's)
+    subprocess.run(["make", "-s", "-C", str(work / "deb"), "generic", "EDITION=ce", f"VERSION={version}",
+                    f"CONTAINAI_VERSION_SUFFIX={'+' + suffix if suffix else ''}", f"DEB_VERSION={version}-0"],
+                   check=True, capture_output=True)
+    built = [p for p in (work / "deb" / "build").glob("*/*/sysbox-ce_*.deb")]
+    assert len(built) == 1, built
+    dest = out_dir / built[0].name
+    shutil.copyfile(built[0], dest)
+    write_sha256(dest)
+    shutil.rmtree(work, ignore_errors=True)
+    return dest
+
+
+def write_sha256(path: Path) -> Path:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    sums = path.with_name(path.name + ".sha256")
+    sums.write_text(f"{digest}  {path.name}\n")
+    return sums
+
+
+def docker_tarball(host: Any, image: str) -> Path:
+    """A Docker-static-shaped tarball (top folder ``docker/``) of the Debian docker.io binaries inside
+    the lab host; made once per lab image and cached."""
+    cached = CACHE / image.replace(":", "_").replace("/", "_") / "docker-debian.tgz"
+    if cached.is_file():
+        return cached
+    lines = ["set -e", "rm -rf /tmp/cai-bundle", "mkdir -p /tmp/cai-bundle/docker"]
+    for name, candidates in BUNDLE_BINARIES.items():
+        tests = " ".join(candidates)
+        copy = f'for p in {tests}; do if [ -e "$p" ]; then cp -L "$p" /tmp/cai-bundle/docker/{name}; break; fi; done'
+        lines.append(copy)
+    lines.append("tar -C /tmp/cai-bundle -c docker | gzip -1 > /tmp/cai-bundle/docker.tgz")
+    lines.append("ls /tmp/cai-bundle/docker")
+    present = set(sh(host, "\n".join(lines), timeout=600).split())
+    assert present >= REQUIRED, f"the lab image lacks {REQUIRED - present}"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    part = cached.with_suffix(".part")
+    c = conn(host)
+    try:
+        c.get("/tmp/cai-bundle/docker.tgz", local=str(part))
+    finally:
+        c.close()
+    sh(host, "rm -rf /tmp/cai-bundle")
+    part.replace(cached)
+    return cached
+
+
+def bundle_dir(path: Path, tarball: Path, deb: Path, dockerd_version: str = NEW_DOCKERD) -> Path:
+    """A bundle directory: ``docker-<version>.tgz`` and the sysbox .deb, each with a .sha256."""
+    path.mkdir(parents=True, exist_ok=True)
+    dest = path / f"docker-{dockerd_version}.tgz"
+    if not dest.exists():
+        os.link(tarball, dest) if tarball.stat().st_dev == path.stat().st_dev else shutil.copyfile(tarball, dest)
+    write_sha256(dest)
+    if deb.parent != path:
+        shutil.copyfile(deb, path / deb.name)
+        write_sha256(path / deb.name)
+    return path
+
+
+# --- an older ContainAI install -------------------------------------------------------------------------
+
+def install_sysbox_deb(host: Any, deb: Path) -> None:
+    """apt-get install a sysbox .deb in the host (the lists are fetched first: the image has none)."""
+    c = conn(host)
+    try:
+        c.put(str(deb), remote=f"/tmp/{deb.name}")
+    finally:
+        c.close()
+    sh(host, "apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+             f"/tmp/{deb.name} >/dev/null && rm -f /tmp/{deb.name}", timeout=900)
+
+
+def install_old_bundle(host: Any, tarball: Path, version: str = OLD_DOCKERD) -> None:
+    """Unpack an older dockerd bundle by hand, as the old installer did (its unit still runs
+    Debian's dockerd: that unit is the drifted one)."""
+    c = conn(host)
+    try:
+        c.put(str(tarball), remote="/tmp/old-docker.tgz")
+    finally:
+        c.close()
+    sh(host, f"set -e; mkdir -p /opt/containai/docker/{version} /opt/containai/bin; "
+             f"tar -xzf /tmp/old-docker.tgz -C /opt/containai/docker/{version} --strip-components=1; "
+             f"for f in /opt/containai/docker/{version}/*; do ln -sfn $f /opt/containai/bin/$(basename $f); done; "
+             f"echo {version} > /opt/containai/VERSION; rm -f /tmp/old-docker.tgz")
+
+
+IMAGE_SCRIPT = f"""set -e
+if ! {D} image inspect t-busy >/dev/null 2>&1; then
+  rm -rf /tmp/r; mkdir -p /tmp/r/bin /tmp/r/data /tmp/r/etc /tmp/r/tmp
+  cp /bin/busybox /tmp/r/bin/busybox
+  for l in sh sleep cat echo date ls id sha256sum seq; do ln -s busybox /tmp/r/bin/$l; done
+  printf 'root:x:0:0:root:/root:/bin/sh\\nagent:x:1000:1000::/home/agent:/bin/sh\\n' > /tmp/r/etc/passwd
+  tar -C /tmp/r -c . | {D} import - t-busy >/dev/null
+  rm -rf /tmp/r
+fi
+"""
+
+#: PID 1 of a test container: on SIGTERM it appends "TERM" to /data/marker (in its volume) after
+#: ``delay`` seconds and exits 0.
+TRAP = ("echo start >> /data/log; trap 'sleep {delay}; echo TERM >> /data/marker; exit 0' TERM; "
+        "while :; do sleep 0.2; done")
+
+
+def run_container(host: Any, name: str, managed: bool, delay: int = 0, data_files: int = 0) -> None:
+    """Start a container that traps SIGTERM (see TRAP) with a volume ``<name>-vol`` at /data."""
+    label = "--label containai.managed=true --label containai.ssh-port=0" if managed else ""
+    cmd = TRAP.format(delay=delay).replace("'", "'\"'\"'")
+    sh(host, IMAGE_SCRIPT + f"{D} run -d --name {name} --network none {label} --stop-timeout 100 "
+                            f"-v {name}-vol:/data t-busy sh -c '{cmd}' >/dev/null")
+    if data_files:
+        sh(host, f"{D} exec {name} sh -c 'for i in $(seq 1 {data_files}); do "
+                 f"seq 1 $i > /data/file-$i; done; mkdir -p /data/sub && seq 1 5000 > /data/sub/big'")
+
+
+def volume_dir(host: Any, name: str) -> Path:
+    """The volume's data on this machine (the host's data root is bind-mounted from here)."""
+    return Path(host.data_dir) / "volumes" / f"{name}-vol" / "_data"
+
+
+def tree_digest(path: Path, skip: tuple[str, ...] = ("log", "marker")) -> dict[str, str]:
+    """sha256 of every regular file under path (relative names), except the test's own logs."""
+    out = {}
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and p.name not in skip:
+            out[str(p.relative_to(path))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def markers(host: Any, name: str) -> int:
+    """How many times the container's SIGTERM trap ran (graceful stops)."""
+    marker = volume_dir(host, name) / "marker"
+    return len(marker.read_text().splitlines()) if marker.exists() else 0
+
+
+def states(host: Any) -> dict[str, str]:
+    """name -> state of every container on the nested engine."""
+    out = sh(host, f"{D} ps -a --format '{{{{.Names}}}} {{{{.State}}}}'")
+    return dict(line.split(" ", 1) for line in out.strip().splitlines() if line.strip())
+
+
+def exit_code_on_disk(host: Any, name: str) -> int:
+    """A container's recorded exit code, read from the engine's data root (works with the engine down)."""
+    import json
+
+    root = Path(host.data_dir) / "containers"
+    for cfg in root.glob("*/config.v2.json"):
+        data = json.loads(cfg.read_text())
+        if data.get("Name") == f"/{name}":
+            return int(data["State"]["ExitCode"])
+    raise AssertionError(f"no container {name} on disk")
+
+
+SNAPSHOT = f"""
+sysbox-runc --version 2>&1 | grep -i 'version:' || echo sysbox=missing
+dpkg-query -W -f='${{Version}}\\n' sysbox-ce 2>/dev/null || echo dpkg=missing
+cat /opt/containai/VERSION 2>/dev/null || echo VERSION=missing
+readlink /opt/containai/bin/dockerd || echo link=missing
+ls /opt/containai/docker 2>/dev/null
+sha256sum /etc/systemd/system/containai-docker.service /etc/systemd/system/containai-docker-guard.service \
+  /etc/containai/docker/daemon.json /opt/containai/libexec/containai-guard 2>&1
+systemctl show -p ActiveEnterTimestamp -p ExecMainPID containai-docker.service
+ls -A /var/lib/containai-ops 2>/dev/null
+{D} ps -a --format '{{{{.Names}}}} {{{{.State}}}}' | sort
+{D} inspect -f '{{{{.Name}}}} {{{{.State.StartedAt}}}}' $({D} ps -aq) 2>/dev/null | sort
+"""
+
+
+def snapshot(host: Any) -> str:
+    """Everything an update could change on the host, as text."""
+    return sh(host, SNAPSHOT, check=False)
+
+
+def inv(args: list[str], host: Any, bundle: Path, timeout: int = 900,
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``inv <args>`` from the repository root against the lab host (no TTY)."""
+    env = {k: v for k, v in os.environ.items() if k != "LIMA_HOME" and not k.startswith("INVOKE_CAI_")}
+    env.update({"INVOKE_CAI_LIMA_HOME": host.lima_home, "INVOKE_CAI_BUNDLE_DIR": str(bundle)})
+    env.update(extra_env or {})
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env, text=True,
+                          capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def popen_inv(args: list[str], host: Any, bundle: Path) -> subprocess.Popen[str]:
+    """Start ``inv <args>`` in its own process group (so a test can kill it and its ssh forward)."""
+    env = {k: v for k, v in os.environ.items() if k != "LIMA_HOME" and not k.startswith("INVOKE_CAI_")}
+    env.update({"INVOKE_CAI_LIMA_HOME": host.lima_home, "INVOKE_CAI_BUNDLE_DIR": str(bundle)})
+    return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)

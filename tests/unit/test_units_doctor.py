@@ -1,0 +1,59 @@
+"""doctor findings of the units module, against a mocked Context (no host touched)."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+from invoke import MockContext, Result
+
+from ops import units
+from ops.config import CaiConfig
+
+pytestmark = pytest.mark.unit
+CONF = CaiConfig.from_mapping({})
+
+
+def dump(contents: dict[str, str | None]) -> str:
+    out = []
+    for path, text in contents.items():
+        body = "@@MISSING" if text is None else "B:" + base64.b64encode(text.encode()).decode()
+        out.append(f"\n@@CAI-FILE {path}\n{body}")
+    return "".join(out) + "\n"
+
+
+def ctx(pid1: str, files: dict[str, str | None], active: str) -> MockContext:
+    return MockContext(run={
+        re.compile(r"^cat /proc/1/comm"): Result(stdout=pid1 + "\n"),
+        re.compile(r"^for f in "): Result(stdout=dump(files)),
+        re.compile(r"^systemctl is-active"): Result(stdout=active + "\n", exited=0 if active == "active" else 3),
+    })
+
+
+def current_files() -> dict[str, str | None]:
+    return {f.path: f.text for f in units.render(CONF)}
+
+
+def test_clean_host_has_no_findings() -> None:
+    assert units.doctor_findings(ctx("systemd", current_files(), "active"), CONF, "local", "linux") == []
+
+
+def test_drift_and_inactive_engine() -> None:
+    files = current_files()
+    engine = "/etc/systemd/system/containai-docker.service"
+    files[engine] = "[Service]\nExecStopPre=/bin/true\n"
+    files["/etc/systemd/system/containai-docker-guard.service"] = None
+    found = units.doctor_findings(ctx("systemd", files, "failed"), CONF, "lima:vm", "macos")
+    codes = [(f.code, f.severity) for f in found]
+    assert codes.count(("units.drift", "warning")) == 2
+    assert ("engine.unit-inactive", "error") in codes
+    drift = next(f for f in found if f.data.get("path") == engine)
+    assert "-ExecStopPre=/bin/true" in drift.data["diff"] and drift.target == "lima:vm"
+    assert "inv update" in drift.hint
+    inactive = next(f for f in found if f.code == "engine.unit-inactive")
+    assert "is failed" in inactive.message and "systemctl start containai-docker.service" in inactive.hint
+
+
+def test_no_systemd_no_unit_findings() -> None:
+    assert units.doctor_findings(ctx("init", {}, "unknown"), CONF, "local", "wsl2") == []
