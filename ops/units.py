@@ -35,7 +35,10 @@ PIDFILE = "/var/run/containai-docker.pid"
 SYSBOX_RUNC = "/usr/bin/sysbox-runc"
 #: Seconds the stop hook and the engine get beyond the per-container stop timeout.
 STOP_MARGIN = 30
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "systemd"
+#: The templates: ``systemd/`` of the repository, shipped inside an installed package as ``ops/systemd``.
+TEMPLATE_DIR = next((d for d in (Path(__file__).resolve().parent / "systemd",
+                                 Path(__file__).resolve().parent.parent / "systemd") if d.is_dir()),
+                    Path(__file__).resolve().parent.parent / "systemd")
 
 
 @dataclass(frozen=True)

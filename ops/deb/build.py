@@ -44,7 +44,10 @@ from ops.deb.runc import (
 )
 from ops.errors import RefusedError, VersionParseError
 
-PIN_FILE = Path(__file__).resolve().parents[2] / "packaging" / "sysbox-pkgr.toml"
+#: ``packaging/sysbox-pkgr.toml`` of the repository, shipped inside an installed package as ``ops/pins``.
+PIN_FILE = next((p for p in (Path(__file__).resolve().parents[1] / "pins" / "sysbox-pkgr.toml",
+                             Path(__file__).resolve().parents[2] / "packaging" / "sysbox-pkgr.toml") if p.is_file()),
+                Path(__file__).resolve().parents[2] / "packaging" / "sysbox-pkgr.toml")
 DEFAULT_BUILD_CMD = "make -C deb generic EDITION=ce"
 MARKER_PREFIX = "+containai."
 _SUFFIX = re.compile(r"\+[A-Za-z0-9][A-Za-z0-9.+]*")
