@@ -12,7 +12,7 @@ cd "$HERE"
 VENV="$HERE/.venv"
 APT_PACKAGES=(
   docker.io debootstrap busybox-static openssh-server openssh-client systemd
-  dpkg-dev fakeroot lintian git make tmux strace python3-venv python3-pip ca-certificates
+  dpkg-dev fakeroot binutils xz-utils lintian git make tmux strace python3-venv python3-pip ca-certificates
 )
 
 log() { printf '==> %s\n' "$*"; }

@@ -285,9 +285,15 @@ def resolve(text: str, conf: CaiConfig, base: Any = None) -> Resolved:
             facts = probe_host(local_ctx)
             return Resolved(target, local_ctx, platform_of(facts, conf.platform), facts)
     ctx = make_context(target, conf, base)
-    facts = probe_host(ctx)
     if target.kind == "lima":
+        try:
+            facts = probe_host(ctx)
+        except TargetError as exc:  # ssh.config is there, but the VM does not answer: stopped, most likely
+            raise TargetError(f"Lima VM {target.vm!r} does not answer ({exc.message})",
+                              f"is it running? check `limactl list`; start it with `limactl start {target.vm}`"
+                              ) from None
         return Resolved(target, ctx, "macos", facts)
+    facts = probe_host(ctx)
     # "macos" describes the machine running the toolkit (its local target is the Lima VM); an SSH
     # host is never that Mac, so its platform is detected there (or forced to linux / wsl2).
     override = "" if conf.platform == "macos" else conf.platform

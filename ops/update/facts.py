@@ -94,8 +94,9 @@ def probe_host_state(ctx: Any, conf: CaiConfig) -> HostState:
     return parse_host_state(out)
 
 
-def bundle_of(conf: CaiConfig, arch: str) -> tuple[SysboxVersion, Path, SysboxVersion, Path]:
-    """The bundled sysbox .deb and dockerd tarball; a missing one is a clear error."""
+def bundle_of(conf: CaiConfig, arch: str, where: str = "") -> tuple[SysboxVersion, Path, SysboxVersion, Path]:
+    """The bundled sysbox .deb (for the target's architecture) and dockerd tarball; a missing one is a
+    clear error naming the target (``where``) and its architecture."""
     from ops.facts import bundled_dockerd, bundled_sysbox
 
     bundle = Path(conf.expand(conf.bundle_dir))
@@ -105,8 +106,11 @@ def bundle_of(conf: CaiConfig, arch: str) -> tuple[SysboxVersion, Path, SysboxVe
                        "sysbox-ce .deb and the docker-<version>.tgz")
     sysbox_v, deb = bundled_sysbox(str(bundle), arch)
     if sysbox_v is None or deb is None:
-        raise OpsError(f"no sysbox-ce_*_{arch}.deb in {bundle}",
-                       "put the bundled sysbox-ce .deb (and its .sha256) there or fix cai.bundle_dir")
+        others = sorted(p.name for p in bundle.glob("sysbox-ce_*.deb"))
+        found = f" (it holds only {', '.join(others)})" if others else ""
+        raise OpsError(f"{where or 'the target'} is {arch} but {bundle} has no sysbox-ce_*_{arch}.deb{found}; "
+                       "nothing was changed",
+                       f"put the {arch} sysbox-ce .deb (and its .sha256) there or fix cai.bundle_dir")
     dockerd_v, tarball = bundled_dockerd(str(bundle))
     if dockerd_v is None or tarball is None:
         raise OpsError(f"no docker-<version>.tgz in {bundle}",
@@ -121,7 +125,7 @@ def gather(resolved: Any, conf: CaiConfig) -> UpdateFacts:
 
     ctx = resolved.ctx
     host = probe_host_state(ctx, conf)
-    sysbox_v, deb, dockerd_v, tarball = bundle_of(conf, resolved.facts.arch)
+    sysbox_v, deb, dockerd_v, tarball = bundle_of(conf, resolved.facts.arch, resolved.name)
     rendered, drift = drift_on(ctx, conf)
     return UpdateFacts(
         target=resolved.name,
