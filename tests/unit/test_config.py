@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from invoke import Config
 
@@ -32,10 +34,10 @@ def test_namespace_configures_defaults_and_env_overrides(monkeypatch: pytest.Mon
     assert conf.stop_timeout == 7
 
 
-def test_yaml_file_overrides(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_yaml_file_overrides(tmp_path: Path) -> None:
     path = tmp_path / "ops.yaml"
     path.write_text("cai:\n  platform: wsl2\n  targets: [local, 'lima:dev']\n")
-    config = Config(defaults=build_namespace().configuration(), runtime_path=str(path))
+    config = Config(defaults=build_namespace().configuration(), runtime_path=path)
     config.load_runtime()
     conf = from_context(type("Ctx", (), {"config": config})())
     assert conf.platform == "wsl2" and conf.targets == ("local", "lima:dev")

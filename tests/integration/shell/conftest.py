@@ -17,6 +17,7 @@ import io
 import os
 import socket
 import subprocess
+import sys
 import tarfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +28,8 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
+#: the ``inv`` console script of the interpreter running the tests (the venv's, not one on PATH)
+INV = str(Path(sys.executable).parent / "inv")
 
 
 def free_port() -> int:
@@ -82,7 +85,7 @@ class Agent:
             **env: str) -> subprocess.CompletedProcess[bytes]:
         """Run ``inv ARGS`` from the repository root; stdin is /dev/null unless bytes are given."""
         return subprocess.run(
-            ["inv", *args], cwd=REPO, env=self.env(**env), timeout=timeout,
+            [INV, *args], cwd=REPO, env=self.env(**env), timeout=timeout,
             input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL, capture_output=True,
         )
 

@@ -9,13 +9,13 @@ import uuid
 import pexpect
 import pytest
 
-from .conftest import REPO, Agent, AgentFactory
+from .conftest import INV, REPO, Agent, AgentFactory
 
 pytestmark = pytest.mark.integration
 
 
 def _spawn(agent: Agent, *args: str) -> pexpect.spawn:
-    child = pexpect.spawn("inv", ["shell", *args], cwd=str(REPO), env=agent.env(), timeout=60,
+    child = pexpect.spawn(INV, ["shell", *args], cwd=str(REPO), env=agent.env(), timeout=60,
                           encoding="utf-8", dimensions=(40, 200))
     child.logfile_read = sys.stdout
     return child
@@ -34,7 +34,7 @@ def test_interactive_session_through_a_pty_gets_a_prompt_and_a_tty(agent: Agent)
 
 
 def test_piped_stdin_still_gets_a_tty_and_nothing_eats_the_input(agent: Agent) -> None:
-    proc = subprocess.run(["inv", "shell", "--container", agent.name], cwd=REPO, env=agent.env(),
+    proc = subprocess.run([INV, "shell", "--container", agent.name], cwd=REPO, env=agent.env(),
                           input=b"tty\nexit\n", capture_output=True, timeout=120)
     out = proc.stdout.decode("utf-8", "replace")
     assert proc.returncode == 0, proc.stderr.decode()
