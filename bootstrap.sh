@@ -2,7 +2,8 @@
 # containai-ops bootstrap: install what the toolkit and its tests need on a fresh Debian/Ubuntu machine
 # (as root), then run the main job against a disposable lab host, or the whole test suite.
 #
-#   ./bootstrap.sh demo    install, bring up a lab host, run `inv doctor` and `inv update --dry-run` on it
+#   ./bootstrap.sh demo    install, bring up a lab host with an older install and a managed container,
+#                          then run `inv doctor` and `inv update` (dry run, refusal, upgrade) on it
 #   ./bootstrap.sh test    install, start the lab engine, build the lab images, run every test tier
 #   ./bootstrap.sh deps    install only (apt packages, .venv with the toolkit and its test extras)
 set -euo pipefail
@@ -39,18 +40,33 @@ lab_ready() {
   "$VENV/bin/inv" lab.image
 }
 
+# Run a step of the demo; an exit code outside the expected ones stops the demo.
+step() {
+  local expected="$1"; shift
+  log "inv $*"
+  local rc=0
+  "$VENV/bin/inv" "$@" || rc=$?
+  case " $expected " in
+    *" $rc "*) ;;
+    *) die "inv $* exited $rc (expected ${expected// / or })" ;;
+  esac
+}
+
 demo() {
   deps
   lab_ready
-  local lima_home="/var/lib/cai-lab/demo-lima"
-  "$VENV/bin/inv" lab.up --name demo --lima-home "$lima_home"
-  export INVOKE_CAI_LIMA_HOME="$lima_home"
-  log "inv doctor --target lima:demo"
-  "$VENV/bin/inv" doctor --target lima:demo || true
-  if "$VENV/bin/inv" --list | grep -q '^  update'; then
-    log "inv update --dry-run --target lima:demo"
-    "$VENV/bin/inv" update --dry-run --target lima:demo || true
-  fi
+  local lab=/var/lib/cai-lab
+  "$VENV/bin/inv" lab.up --name demo --lima-home "$lab/demo-lima"
+  "$VENV/bin/inv" lab.bundle --host demo --out "$lab/demo-bundle"
+  "$VENV/bin/inv" lab.container --host demo --name agent-1
+  export INVOKE_CAI_LIMA_HOME="$lab/demo-lima" INVOKE_CAI_BUNDLE_DIR="$lab/demo-bundle"
+  # the lab host carries an older install: doctor reports it (exit 1 when a finding is an error)
+  step "0 1" doctor --target lima:demo
+  step 0 update --dry-run --target lima:demo
+  # a managed container runs: the update refuses (exit 2) and names the flag that proceeds
+  step 2 update --target lima:demo
+  step 0 update --stop-containers --target lima:demo
+  step "0 1" doctor --target lima:demo
   log "the lab host stays up; remove it with: .venv/bin/inv lab.down --name demo"
 }
 

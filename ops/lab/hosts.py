@@ -438,6 +438,17 @@ def up(name: str, index: int, docker_host: str, lima_home: str | os.PathLike[str
     return host
 
 
+def apt_update(host: LabHost, timeout: int = 600) -> None:
+    """Fetch the apt lists in a host (the image ships none), so apt resolves dependencies as on a real
+    host; a failure is one clear error naming the mirror."""
+    code, out, err = run(host, "apt-get update -q", timeout=timeout)
+    if code != 0:
+        last = (err.strip() or out.strip() or f"exit {code}").splitlines()[-1]
+        raise OpsError(f"apt-get update failed in lab host {host.name}: {last}",
+                       "check that the host reaches its mirror (CAI_LAB_MIRROR when the image was built), "
+                       "or bring it up with --no-apt-update")
+
+
 def stop_mux(ssh_config: Path, vm: str) -> None:
     """Stop an OpenSSH control master left by ``ControlPersist`` for this host (if any)."""
     if not ssh_config.is_file() or shutil.which("ssh") is None:

@@ -9,9 +9,11 @@ from invoke import task
 from invoke.exceptions import Exit
 
 from ops.errors import ConfigError
+from ops.lab.bundle import NEW_DOCKERD, NEW_SYSBOX
 from ops.tasks._common import cli_errors
 
 DEFAULT_LIMA_HOME = "/var/lib/cai-lab/lima"
+DEFAULT_BUNDLE = "/var/lib/cai-lab/bundle"
 
 
 def _lima_home(value: str) -> str:
@@ -50,10 +52,11 @@ def image(ctx: Any) -> None:
     "lima_home": "LIMA_HOME the Lima-format ssh.config files are written under "
                  f"(default $CAI_LAB_LIMA_HOME or {DEFAULT_LIMA_HOME})",
     "sysbox": "Version printed by the stand-in sysbox-runc; 'none' installs no sysbox-runc",
+    "apt_update": "Fetch the apt lists in each host, as a real host has them (--no-apt-update skips it)",
 })
 @cli_errors
 def up(ctx: Any, name: str = "lab", count: int = 1, lima_home: str = "",
-       sysbox: str = "0.6.6+containai.20250101") -> None:
+       sysbox: str = "0.6.6+containai.20250101", apt_update: bool = True) -> None:
     """Bring up lab hosts (systemd, sshd, an older ContainAI engine) and print how to reach them."""
     from ops.lab import hosts
     from ops.lab.engine import ensure_engine
@@ -69,9 +72,57 @@ def up(ctx: Any, name: str = "lab", count: int = 1, lima_home: str = "",
         index = hosts.reserve(host_name)
         host = hosts.up(host_name, index, docker_host, home,
                         None if sysbox.lower() == "none" else sysbox)
+        if apt_update:
+            hosts.apt_update(host)
         print(f"{host.name}: {host.address}:{host.port} (container {host.container})")
         print(f"  INVOKE_CAI_LIMA_HOME={host.lima_home} inv doctor --target {host.target}")
         print(f"  ssh -F {host.ssh_config} {host.alias}")
+
+
+@task(help={
+    "host": "Lab host whose docker.io binaries make the dockerd tarball (default lab)",
+    "out": "Bundle directory to write (default /var/lib/cai-lab/bundle)",
+    "sysbox": f"Version of the sysbox-ce .deb built from the packaging fixture (default {NEW_SYSBOX})",
+    "dockerd": f"Version the dockerd tarball is labelled with (default {NEW_DOCKERD})",
+})
+@cli_errors
+def bundle(ctx: Any, host: str = "lab", out: str = DEFAULT_BUNDLE, sysbox: str = NEW_SYSBOX,
+           dockerd: str = NEW_DOCKERD) -> None:
+    """Build a bundle that upgrades lab hosts (for trying inv update)."""
+    from pathlib import Path
+
+    from ops.lab import hosts
+    from ops.lab.bundle import make_bundle
+    from ops.lab.engine import ensure_engine
+    from ops.lab.image import ensure_lab_image
+    from ops.versions import parse_version
+
+    parse_version(sysbox)  # a bad version is one line, before anything is built
+    parse_version(dockerd)
+    lab_host = hosts.load(host)
+    image = ensure_lab_image(ensure_engine())
+    path = make_bundle(lab_host, image, Path(out).expanduser().resolve(), sysbox, dockerd)
+    for item in sorted(path.iterdir()):
+        if not item.name.startswith("."):
+            print(item)
+    print(f"  INVOKE_CAI_BUNDLE_DIR={path} INVOKE_CAI_LIMA_HOME={lab_host.lima_home} "
+          f"inv update --dry-run --target {lab_host.target}")
+
+
+@task(help={
+    "host": "Lab host to start the container on (default lab)",
+    "name": "Container name (default agent-1)",
+    "unmanaged": "Leave out the containai.managed=true label (the toolkit must ignore it)",
+})
+@cli_errors
+def container(ctx: Any, host: str = "lab", name: str = "agent-1", unmanaged: bool = False) -> None:
+    """Start a managed container with a volume on a lab host."""
+    from ops.lab import containers, hosts
+
+    lab_host = hosts.load(host)
+    containers.start(lab_host, name, managed=not unmanaged)
+    kind = "unmanaged" if unmanaged else "managed"
+    print(f"{name}: {kind} container running on {lab_host.name} (volume {name}-vol at /data)")
 
 
 @task(iterable=["name"], help={

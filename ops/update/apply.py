@@ -108,11 +108,18 @@ def preflight(p: pl.Plan) -> dict[str, str]:
 
 # --- steps --------------------------------------------------------------------------------------------
 
-def install_dockerd(host: Host, conf: CaiConfig, tarball: Path, version: str, digest: str = "") -> None:
-    """Unpack the bundle to ``<opt_dir>/docker/<version>/``, switch the links atomically, write VERSION."""
-    digest = digest or checked_digest(tarball)
-    remote = host.upload(tarball, tarball.name)
+def stage(host: Host, local: Path, digest: str = "") -> str:
+    """Copy a bundled file to the target's staging directory and check its sha256 there."""
+    digest = digest or checked_digest(local)
+    remote = host.upload(local, local.name)
     remote_check(host, remote, digest)
+    return remote
+
+
+def install_dockerd(host: Host, conf: CaiConfig, tarball: Path, version: str, digest: str = "",
+                    staged: str = "") -> None:
+    """Unpack the bundle to ``<opt_dir>/docker/<version>/``, switch the links atomically, write VERSION."""
+    remote = staged or stage(host, tarball, digest)
     q = shlex.quote
     opt = conf.opt_dir.rstrip("/")
     script = f"""set -e
@@ -140,15 +147,41 @@ mv -f "$opt/.VERSION.cai-new" "$opt/VERSION"
     host.sh(script, what=f"installing the dockerd bundle {version}")
 
 
-def install_sysbox(host: Host, deb: Path, digest: str = "") -> None:
+#: How the bundled .deb is installed (and, with -s, simulated first): apt resolves its dependencies.
+APT_INSTALL = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+               "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold")
+
+
+def stage_sysbox(host: Host, deb: Path, digest: str = "") -> str:
+    """Copy the bundled .deb to the target, check its sha256 there, and have apt simulate installing
+    it, all before anything is stopped: a package apt cannot install (missing lists or sources, a
+    conflict) is refused while nothing has changed. Returns the staged path."""
+    remote = stage(host, deb, digest)
+    q = shlex.quote
+    host.sh(f"chmod 0644 {q(remote)} && chmod 0755 {q(str(Path(remote).parent))}", what="chmod")
+    code, out, err = host.probe(f"{APT_INSTALL} -s {q(remote)}")  # the real run's options, simulated
+    if code != 0:
+        raise OpsError(f"apt-get install {deb.name} would fail on {host.name} ({apt_reason(code, out, err)}); "
+                       "nothing was changed",
+                       "run `apt-get update` there and check its apt sources (the package needs fuse3 and "
+                       "its other dependencies from them), then rerun")
+    return remote
+
+
+def apt_reason(code: int, out: str, err: str) -> str:
+    """Pure: the most telling line of a failed apt-get run (an unmet dependency before apt's summary)."""
+    unmet = [line.strip() for line in out.splitlines() if "Depends:" in line or "Conflicts:" in line]
+    if unmet:
+        return unmet[0][:300]
+    tail = [line.strip() for line in (err or out).strip().splitlines() if line.strip()]
+    return tail[-1][:300] if tail else f"exit {code}"
+
+
+def install_sysbox(host: Host, deb: Path, digest: str = "", staged: str = "") -> None:
     """``apt-get install`` the bundled .deb (so its dependencies, fuse3 first, resolve); failures surface."""
-    digest = digest or checked_digest(deb)
-    remote = host.upload(deb, deb.name)
-    remote_check(host, remote, digest)
+    remote = staged or stage_sysbox(host, deb, digest)
     try:
-        host.sh("chmod 0644 " + shlex.quote(remote) + " && chmod 0755 " + shlex.quote(str(Path(remote).parent))
-                + " && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
-                "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold " + shlex.quote(remote),
+        host.sh(f"{APT_INSTALL} {shlex.quote(remote)}",
                 what=f"apt-get install {deb.name}", timeout=900)
     except OpsError as exc:
         raise OpsError(exc.message, "check the host's apt sources and run `apt-get update` there "
@@ -321,6 +354,15 @@ class Session:
         host, conf = self.host, self.conf
         names = [c.name for c in p.stop]
         digests = preflight(p)  # a damaged bundle is refused before anything is stopped
+        # so is a copy that arrived damaged on the target, or a package apt cannot install there
+        staged: dict[str, str] = {}
+        for step in p.steps:
+            if step.action == pl.DOCKERD:
+                tarball = str(step.data["tarball"])
+                staged[tarball] = stage(host, Path(tarball), digests[tarball])
+            elif step.action == pl.SYSBOX:
+                deb = str(step.data["deb"])
+                staged[deb] = stage_sysbox(host, Path(deb), digests[deb])
         j: jr.Journal | None = None
         if names:
             j = jr.Journal(facts.target, tuple(names), tuple(p.actions()))
@@ -333,10 +375,12 @@ class Session:
                 if step.action == pl.STOP:
                     stop_containers(self.docker_host, conf, names, self.emit, self.opts.progress)
                 elif step.action == pl.DOCKERD:
-                    tarball = Path(step.data["tarball"])
-                    install_dockerd(host, conf, tarball, step.data["version"], digests[str(tarball)])
+                    tarball = str(step.data["tarball"])
+                    install_dockerd(host, conf, Path(tarball), step.data["version"], digests[tarball],
+                                    staged[tarball])
                 elif step.action == pl.SYSBOX:
-                    install_sysbox(host, Path(step.data["deb"]), digests[step.data["deb"]])
+                    deb = str(step.data["deb"])
+                    install_sysbox(host, Path(deb), digests[deb], staged[deb])
                 elif step.action == pl.UNITS:
                     for f in files:
                         host.write_text(f.path, f.text, f.mode)

@@ -5,32 +5,24 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from ops.lab.bundle import (  # noqa: F401  (re-exported for the lab tests)
+    NEW_DOCKERD,
+    NEW_SYSBOX,
+    OLD_DOCKERD,
+    OLD_SYSBOX,
+    build_sysbox_deb,
+    bundle_dir,
+    docker_tarball,
+    write_sha256,
+)
+
 REPO = Path(__file__).resolve().parents[2]
-PACKAGER = REPO / "tests" / "fixtures" / "packager"
-CACHE = Path(os.environ.get("CAI_LAB_ROOT", "/var/lib/cai-lab")) / "cache" / "update"
 D = "docker -H unix:///var/run/containai-docker.sock"
-OLD_SYSBOX = "0.6.6+containai.20250101"
-NEW_SYSBOX = "0.6.7+containai.20260101"
-OLD_DOCKERD = "20.10.24"
-NEW_DOCKERD = "20.10.99"
-#: Docker's static bundle members, and where Debian's docker.io (and containerd, runc) put them.
-BUNDLE_BINARIES = {
-    "dockerd": ["/usr/sbin/dockerd", "/usr/bin/dockerd"],
-    "docker": ["/usr/bin/docker"],
-    "containerd": ["/usr/bin/containerd"],
-    "containerd-shim-runc-v2": ["/usr/bin/containerd-shim-runc-v2"],
-    "docker-init": ["/usr/sbin/docker-init", "/usr/bin/docker-init"],  # may be missing: skipped then
-    "docker-proxy": ["/usr/sbin/docker-proxy", "/usr/bin/docker-proxy"],
-    "runc": ["/usr/sbin/runc", "/usr/bin/runc"],
-    "ctr": ["/usr/bin/ctr"],
-}
-REQUIRED = {"dockerd", "docker", "containerd", "containerd-shim-runc-v2", "runc"}
 
 
 def sh(host: Any, command: str, timeout: int = 600, check: bool = True) -> str:
@@ -47,83 +39,6 @@ def conn(host: Any) -> Any:
     from ops.lab.hosts import connection
 
     return connection(host)
-
-
-# --- bundles -------------------------------------------------------------------------------------------
-
-def build_sysbox_deb(version: str, out_dir: Path, extra_depends: str = "") -> Path:
-    """A sysbox-ce .deb from the packaging fixture (fuse -> fuse3, as the real build patches it),
-    with its .sha256 beside it. ``extra_depends`` adds a dependency (e.g. one apt cannot resolve)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = out_dir / f".pkgr-{version}"
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(PACKAGER, work)
-    control = work / "deb" / "sysbox-ce" / "control"
-    text = control.read_text()
-    assert "         fuse,\n" in text, "the packaging fixture's control changed shape"
-    fuse3 = "         fuse3,\n" + (f"         {extra_depends},\n" if extra_depends else "")
-    control.write_text(text.replace("         fuse,\n", fuse3))
-    upstream, _, suffix = version.partition("+")
-    (work / "VERSION").write_text(upstream + "\n")
-    # the binaries print VERSION; the package Version carries the ContainAI marker, as the toolkit's
-    # build leaves it (make variables given on the command line override the Makefile's)
-    subprocess.run(["make", "-s", "-C", str(work / "deb"), "generic", "EDITION=ce", f"VERSION={version}",
-                    f"CONTAINAI_VERSION_SUFFIX={'+' + suffix if suffix else ''}", f"DEB_VERSION={version}-0"],
-                   check=True, capture_output=True)
-    built = [p for p in (work / "deb" / "build").glob("*/*/sysbox-ce_*.deb")]
-    assert len(built) == 1, built
-    dest = out_dir / built[0].name
-    shutil.copyfile(built[0], dest)
-    write_sha256(dest)
-    shutil.rmtree(work, ignore_errors=True)
-    return dest
-
-
-def write_sha256(path: Path) -> Path:
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    sums = path.with_name(path.name + ".sha256")
-    sums.write_text(f"{digest}  {path.name}\n")
-    return sums
-
-
-def docker_tarball(host: Any, image: str) -> Path:
-    """A Docker-static-shaped tarball (top folder ``docker/``) of the Debian docker.io binaries inside
-    the lab host; made once per lab image and cached."""
-    cached = CACHE / image.replace(":", "_").replace("/", "_") / "docker-debian.tgz"
-    if cached.is_file():
-        return cached
-    lines = ["set -e", "rm -rf /tmp/cai-bundle", "mkdir -p /tmp/cai-bundle/docker"]
-    for name, candidates in BUNDLE_BINARIES.items():
-        tests = " ".join(candidates)
-        copy = f'for p in {tests}; do if [ -e "$p" ]; then cp -L "$p" /tmp/cai-bundle/docker/{name}; break; fi; done'
-        lines.append(copy)
-    lines.append("tar -C /tmp/cai-bundle -c docker | gzip -1 > /tmp/cai-bundle/docker.tgz")
-    lines.append("ls /tmp/cai-bundle/docker")
-    present = set(sh(host, "\n".join(lines), timeout=600).split())
-    assert present >= REQUIRED, f"the lab image lacks {REQUIRED - present}"
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    part = cached.with_suffix(".part")
-    c = conn(host)
-    try:
-        c.get("/tmp/cai-bundle/docker.tgz", local=str(part))
-    finally:
-        c.close()
-    sh(host, "rm -rf /tmp/cai-bundle")
-    part.replace(cached)
-    return cached
-
-
-def bundle_dir(path: Path, tarball: Path, deb: Path, dockerd_version: str = NEW_DOCKERD) -> Path:
-    """A bundle directory: ``docker-<version>.tgz`` and the sysbox .deb, each with a .sha256."""
-    path.mkdir(parents=True, exist_ok=True)
-    dest = path / f"docker-{dockerd_version}.tgz"
-    if not dest.exists():
-        os.link(tarball, dest) if tarball.stat().st_dev == path.stat().st_dev else shutil.copyfile(tarball, dest)
-    write_sha256(dest)
-    if deb.parent != path:
-        shutil.copyfile(deb, path / deb.name)
-        write_sha256(path / deb.name)
-    return path
 
 
 # --- an older ContainAI install -------------------------------------------------------------------------

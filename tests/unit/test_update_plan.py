@@ -10,6 +10,7 @@ from ops import units
 from ops.config import CaiConfig
 from ops.engine import ManagedContainer
 from ops.errors import OpsError
+from ops.update import apply
 from ops.update import journal as jr
 from ops.update import plan as pl
 from ops.update.apply import parse_sha256_file, verify_converged
@@ -169,3 +170,28 @@ def test_sha256_file_parser() -> None:
         parse_sha256_file(two, "c.deb")
     with pytest.raises(OpsError):
         parse_sha256_file("garbage\n", "c.deb")
+
+
+APT_UNMET = """Reading package lists...
+Building dependency tree...
+Some packages could not be installed. This may mean that you have
+requested an impossible situation or if you are using the unstable
+distribution that some required packages have not yet been created
+or been moved out of Incoming.
+The following information may help to resolve the situation:
+
+The following packages have unmet dependencies:
+ sysbox-ce : Depends: fuse3 but it is not installable
+             Depends: containai-no-such-package but it is not installable
+"""
+
+
+def test_apt_reason_names_the_first_unmet_dependency() -> None:
+    err = "E: Unable to correct problems, you have held broken packages.\n"
+    assert apply.apt_reason(100, APT_UNMET, err) == "sysbox-ce : Depends: fuse3 but it is not installable"
+
+
+def test_apt_reason_falls_back_to_the_last_error_line() -> None:
+    assert apply.apt_reason(100, "Reading package lists...\n", "W: a\nE: Could not open lock file\n") == \
+        "E: Could not open lock file"
+    assert apply.apt_reason(100, "", "") == "exit 100"
