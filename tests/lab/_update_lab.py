@@ -1,4 +1,4 @@
-"""Helpers of the update and stop-hook lab tests: bundles made offline, containers in a lab host,
+"""Helpers of the update and stop-hook lab tests: an older install and containers in a lab host,
 snapshots of a host's state, and running ``inv`` against a lab host exactly as a user would."""
 
 from __future__ import annotations
@@ -10,16 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ops.lab.bundle import (  # noqa: F401  (re-exported for the lab tests)
-    NEW_DOCKERD,
-    NEW_SYSBOX,
-    OLD_DOCKERD,
-    OLD_SYSBOX,
-    build_sysbox_deb,
-    bundle_dir,
-    docker_tarball,
-    write_sha256,
-)
+from ops.lab.bundle import OLD_DOCKERD
 
 REPO = Path(__file__).resolve().parents[2]
 D = "docker -H unix:///var/run/containai-docker.sock"

@@ -12,10 +12,6 @@ from typing import Any
 
 import pytest
 from _update_lab import (
-    NEW_SYSBOX,
-    build_sysbox_deb,
-    bundle_dir,
-    docker_tarball,
     exit_code_on_disk,
     inv,
     markers,
@@ -23,6 +19,8 @@ from _update_lab import (
     sh,
     states,
 )
+
+from ops.lab.bundle import NEW_SYSBOX, build_sysbox_deb, bundle_dir, docker_tarball
 
 pytestmark = pytest.mark.lab
 

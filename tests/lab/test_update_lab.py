@@ -12,13 +12,6 @@ from typing import Any
 
 import pytest
 from _update_lab import (
-    NEW_DOCKERD,
-    NEW_SYSBOX,
-    OLD_DOCKERD,
-    OLD_SYSBOX,
-    build_sysbox_deb,
-    bundle_dir,
-    docker_tarball,
     install_old_bundle,
     install_sysbox_deb,
     inv,
@@ -30,6 +23,16 @@ from _update_lab import (
     states,
     tree_digest,
     volume_dir,
+)
+
+from ops.lab.bundle import (
+    NEW_DOCKERD,
+    NEW_SYSBOX,
+    OLD_DOCKERD,
+    OLD_SYSBOX,
+    build_sysbox_deb,
+    bundle_dir,
+    docker_tarball,
 )
 
 pytestmark = pytest.mark.lab
