@@ -198,11 +198,8 @@ def repack(src: Path, work: Path, suffix: str, *, package: str = "sysbox-ce") ->
 
 def sha256_line(path: Path) -> str:
     """The ``sha256sum`` line of a file (``<hex>  <name>``), which ``sha256sum -c`` reads."""
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"{digest.hexdigest()}  {path.name}\n"
+        return f"{hashlib.file_digest(handle, 'sha256').hexdigest()}  {path.name}\n"
 
 
 def publish(deb: Path, out: Path) -> tuple[Path, Path]:

@@ -8,7 +8,6 @@ checkout of containai-ops, not from an installed wheel.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -16,18 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from ops.errors import OpsError
+from ops.lab import NEW_DOCKERD, NEW_SYSBOX
+from ops.lab.engine import LAB_ROOT
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGER = REPO / "tests" / "fixtures" / "packager"
-LAB_ROOT = Path(os.environ.get("CAI_LAB_ROOT", "/var/lib/cai-lab"))
 CACHE = LAB_ROOT / "cache" / "update"
 
-#: The Sysbox version of a lab host's older install and of the bundle that upgrades it.
-OLD_SYSBOX = "0.6.6+containai.20250101"
-NEW_SYSBOX = "0.6.7+containai.20260101"
-#: The dockerd bundle versions of the same (the binaries are Debian's docker.io either way).
-OLD_DOCKERD = "20.10.24"
-NEW_DOCKERD = "20.10.99"
 
 #: Docker's static bundle members, and where Debian's docker.io (and containerd, runc) put them.
 BUNDLE_BINARIES = {
@@ -45,9 +39,10 @@ REQUIRED = {"dockerd", "docker", "containerd", "containerd-shim-runc-v2", "runc"
 
 def write_sha256(path: Path) -> Path:
     """Write ``<path>.sha256`` in the format ``sha256sum -c`` reads; return its path."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    from ops.deb.build import sha256_line
+
     sums = path.with_name(path.name + ".sha256")
-    sums.write_text(f"{digest}  {path.name}\n")
+    sums.write_text(sha256_line(path))
     return sums
 
 

@@ -14,27 +14,31 @@ DOCKER = "docker -H unix:///var/run/containai-docker.sock"
 IMAGE = "cai-lab-busybox"
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 
-#: Import a busybox image into the nested engine unless it is there (no registry is needed).
-IMAGE_SCRIPT = f"""set -e
-if ! {DOCKER} image inspect {IMAGE} >/dev/null 2>&1; then
-  rm -rf /tmp/cai-lab-r; mkdir -p /tmp/cai-lab-r/bin /tmp/cai-lab-r/data /tmp/cai-lab-r/etc /tmp/cai-lab-r/tmp
-  cp /bin/busybox /tmp/cai-lab-r/bin/busybox
-  for l in sh sleep cat echo date ls id sha256sum seq; do ln -s busybox /tmp/cai-lab-r/bin/$l; done
-  printf 'root:x:0:0:root:/root:/bin/sh\\nagent:x:1000:1000::/home/agent:/bin/sh\\n' > /tmp/cai-lab-r/etc/passwd
-  tar -C /tmp/cai-lab-r -c . | {DOCKER} import - {IMAGE} >/dev/null
-  rm -rf /tmp/cai-lab-r
+
+
+def image_script(tag: str = IMAGE) -> str:
+    """Shell that imports a busybox image ``tag`` into the nested engine unless it is there (no
+    registry is needed): root and agent (1000:1000) in /etc/passwd, /data for a volume."""
+    return f"""set -e
+if ! {DOCKER} image inspect {tag} >/dev/null 2>&1; then
+  r=$(mktemp -d); chmod 0755 "$r"; mkdir -p "$r/bin" "$r/data" "$r/etc" "$r/tmp"
+  cp /bin/busybox "$r/bin/busybox"
+  for l in sh sleep cat echo date ls id sha256sum seq; do ln -s busybox "$r/bin/$l"; done
+  printf 'root:x:0:0:root:/root:/bin/sh\\nagent:x:1000:1000::/home/agent:/bin/sh\\n' > "$r/etc/passwd"
+  tar -C "$r" -c . | {DOCKER} import - {tag} >/dev/null
+  rm -rf "$r"
 fi
 """
 
 
-def run_script(name: str, managed: bool = True, label: str = "containai.managed") -> str:
+def run_script(name: str, managed: bool = True) -> str:
     """The shell script that starts container ``name`` (a volume ``<name>-vol`` at /data, PID 1 a
     sleep loop that exits 0 on SIGTERM) on a lab host's nested engine."""
     if not _NAME_RE.match(name):
         raise ConfigError(f"invalid container name {name!r}", "use letters, digits, '_', '.', '-'")
-    labels = f"--label {label}=true --label containai.ssh-port=0 " if managed else ""
+    labels = "--label containai.managed=true --label containai.ssh-port=0 " if managed else ""
     loop = "trap 'exit 0' TERM; while :; do sleep 0.2; done"
-    return (IMAGE_SCRIPT + f"{DOCKER} run -d --name {name} --network none {labels}"
+    return (image_script() + f"{DOCKER} run -d --name {name} --network none {labels}"
             f"-v {name}-vol:/data {IMAGE} sh -c {shlex.quote(loop)} >/dev/null\n")
 
 

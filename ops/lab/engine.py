@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ops.errors import OpsError
@@ -15,6 +18,18 @@ LAB_RUN = Path(os.environ.get("CAI_LAB_RUN", "/run/cai-lab"))
 SOCKET = LAB_RUN / "docker.sock"
 DOCKER_HOST = f"unix://{SOCKET}"
 LOG = LAB_ROOT / "dockerd.log"
+
+
+@contextlib.contextmanager
+def lab_lock(name: str) -> Iterator[None]:
+    """An exclusive lock ``<LAB_ROOT>/<name>.lock``, shared by concurrent sessions and their CI runs."""
+    LAB_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(LAB_ROOT / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ping(docker_host: str = DOCKER_HOST, timeout: float = 3) -> bool:

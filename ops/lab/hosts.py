@@ -9,13 +9,11 @@ install written into it before it boots (``recipe/host/``).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tarfile
 import time
@@ -25,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ops.errors import NotFoundError, OpsError
-from ops.lab.engine import LAB_ROOT
+from ops.lab import OLD_SYSBOX
+from ops.lab.engine import LAB_ROOT, lab_lock
 from ops.lab.image import RECIPE, ensure_lab_image
+from ops.ssh import port_in_use
 
 HOSTS_DIR = LAB_ROOT / "hosts"
 KEYS_DIR = LAB_ROOT / "keys"
@@ -35,7 +35,7 @@ SSH_PORT = 2222
 MAX_INDEX = 240
 LABEL = "cai-lab.host"
 CONTAINER_PREFIX = "cai-lab-"
-DEFAULT_SYSBOX = "0.6.6+containai.20250101"
+DEFAULT_SYSBOX = OLD_SYSBOX
 ENGINE_SOCK = "/var/run/containai-docker.sock"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 #: A reservation without a container older than this is from a crashed session and is reclaimed.
@@ -90,13 +90,10 @@ def container_name(name: str) -> str:
 
 @contextlib.contextmanager
 def _locked() -> Iterator[None]:
+    """The lock over host reservations."""
     HOSTS_DIR.mkdir(parents=True, exist_ok=True)
-    with open(LAB_ROOT / "hosts.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with lab_lock("hosts"):
+        yield
 
 
 def ensure_key() -> Path:
@@ -127,16 +124,6 @@ def _reserved() -> dict[str, int]:
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return out
-
-
-def _port_free(address: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError:
-            return False
-    return True
 
 
 def _container_exists(name: str) -> bool:
@@ -228,7 +215,7 @@ def reserve(name: str, index: int | None = None, owner_pid: int | None = None) -
         used = set(taken.values())
         if index is None:
             index = next((i for i in range(MAX_INDEX + 1)
-                          if i not in used and _port_free(address_of(i), SSH_PORT)), None)
+                          if i not in used and not port_in_use(SSH_PORT, address_of(i))), None)
             if index is None:
                 raise OpsError("no free lab host index left", "remove hosts with `inv lab.down --all`")
         elif index in used:

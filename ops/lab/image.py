@@ -9,18 +9,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from ops.errors import OpsError
-from ops.lab.engine import LAB_ROOT
+from ops.lab.engine import LAB_ROOT, lab_lock
 
 RECIPE = Path(__file__).resolve().parent / "recipe"
 HOST_REPO = "cai-lab-host"
@@ -92,18 +90,6 @@ def image_exists(docker_host: str, tag: str) -> bool:
         client.close()
 
 
-@contextlib.contextmanager
-def _lock(name: str) -> Iterator[None]:
-    """An exclusive lock under the lab root, so concurrent sessions build an image only once."""
-    LAB_ROOT.mkdir(parents=True, exist_ok=True)
-    with open(LAB_ROOT / f"{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _docker_cli() -> str:
     cli = shutil.which("docker")
     if cli is None:
@@ -156,22 +142,28 @@ def build_rootfs(target: Path, mirror_url: str | None = None) -> None:
     _run(["sh", str(RECIPE / "configure.sh"), str(target), str(RECIPE), url], "configuring the lab rootfs")
 
 
-def ensure_lab_image(docker_host: str) -> str:
-    """The lab host image tag, built (debootstrap + import, a few minutes) only when missing."""
-    tag = host_tag()
+def _ensure_image(docker_host: str, tag: str, kind: str, build: Callable[[Path], None],
+                  changes: list[str]) -> str:
+    """``tag`` if the engine has it; else build a rootfs with ``build`` and import it, under a lock
+    so concurrent sessions build it once."""
     if image_exists(docker_host, tag):
         return tag
-    with _lock("image-host"):
+    with lab_lock(f"image-{kind}"):
         if image_exists(docker_host, tag):
             return tag
-        work = Path(tempfile.mkdtemp(prefix="build-host-", dir=LAB_ROOT))
+        work = Path(tempfile.mkdtemp(prefix=f"build-{kind}-", dir=LAB_ROOT))
         try:
-            rootfs = work / "rootfs"
-            build_rootfs(rootfs)
-            _import_dir(docker_host, rootfs, tag, ['CMD ["/lib/systemd/systemd"]', "ENV container=docker"])
+            build(work / "rootfs")
+            _import_dir(docker_host, work / "rootfs", tag, changes)
         finally:
             _rmtree(work)
     return tag
+
+
+def ensure_lab_image(docker_host: str) -> str:
+    """The lab host image tag, built (debootstrap + import, a few minutes) only when missing."""
+    return _ensure_image(docker_host, host_tag(), "host", build_rootfs,
+                         ['CMD ["/lib/systemd/systemd"]', "ENV container=docker"])
 
 
 def ensure_agent_image(docker_host: str) -> str:
@@ -201,19 +193,7 @@ def build_tiny_rootfs(target: Path) -> None:
 
 def ensure_tiny_image(docker_host: str) -> str:
     """The tiny busybox image tag (users root and agent 1000:1000), imported only when missing."""
-    tag = tiny_tag()
-    if image_exists(docker_host, tag):
-        return tag
-    with _lock("image-tiny"):
-        if image_exists(docker_host, tag):
-            return tag
-        work = Path(tempfile.mkdtemp(prefix="build-tiny-", dir=LAB_ROOT))
-        try:
-            build_tiny_rootfs(work / "rootfs")
-            _import_dir(docker_host, work / "rootfs", tag, ['CMD ["/bin/sh"]', "ENV PATH=/bin"])
-        finally:
-            _rmtree(work)
-    return tag
+    return _ensure_image(docker_host, tiny_tag(), "tiny", build_tiny_rootfs, ['CMD ["/bin/sh"]', "ENV PATH=/bin"])
 
 
 def _rmtree(path: Path) -> None:

@@ -9,7 +9,7 @@ from invoke import task
 from invoke.exceptions import Exit
 
 from ops.errors import ConfigError
-from ops.lab.bundle import NEW_DOCKERD, NEW_SYSBOX
+from ops.lab import NEW_DOCKERD, NEW_SYSBOX, OLD_SYSBOX
 from ops.tasks._common import cli_errors
 
 DEFAULT_LIMA_HOME = "/var/lib/cai-lab/lima"
@@ -56,7 +56,7 @@ def image(ctx: Any) -> None:
 })
 @cli_errors
 def up(ctx: Any, name: str = "lab", count: int = 1, lima_home: str = "",
-       sysbox: str = "0.6.6+containai.20250101", apt_update: bool = True) -> None:
+       sysbox: str = OLD_SYSBOX, apt_update: bool = True) -> None:
     """Bring up lab hosts (systemd, sshd, an older ContainAI engine) and print how to reach them."""
     from ops.lab import hosts
     from ops.lab.engine import ensure_engine

@@ -64,11 +64,8 @@ def parse_sha256_file(text: str, name: str) -> str:
 
 def sha256_of(path: Path) -> str:
     """The sha256 of a local file."""
-    h = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def checked_digest(path: Path) -> str:

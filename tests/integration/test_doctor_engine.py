@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -12,15 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _cli import inv
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def inv(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=full, text=True,
-                          capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _cli import inv
 
 pytestmark = pytest.mark.integration
 
@@ -42,16 +42,6 @@ def make_packager_repo(dest: Path, edit: Callable[[Path], None] | None = None, t
     _git(dest, "commit", "-q", "-m", "packager fixture")
     _git(dest, "tag", tag)
     return f"file://{dest}"
-
-
-def inv(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI from the repository root, piped (not a TTY)."""
-    env = dict(os.environ)
-    env.pop("CAI_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True, env=env,
-        stdin=subprocess.DEVNULL, timeout=600,
-    )  # fmt: skip
 
 
 def field(deb: Path, name: str) -> str:

@@ -4,11 +4,9 @@ whose PID 1 is not systemd."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import subprocess
-import sys
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -17,9 +15,11 @@ from typing import Any
 
 import invoke
 import pytest
+from _cli import inv
 
 from ops.config import CaiConfig
 from ops.errors import OpsError
+from ops.lab.bundle import write_sha256
 from ops.update import journal as jr
 from ops.update.apply import install_dockerd, start_containers, stop_containers
 from ops.update.hostio import Host
@@ -27,18 +27,6 @@ from ops.update.hostio import Host
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGER = ROOT / "tests" / "fixtures" / "packager"
-
-
-def inv(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_CAI_")}
-    full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=full, text=True,
-                          capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
-
-
-def sha256_file(path: Path) -> None:
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
 
 
 def fake_bundle(path: Path, version: str, members: tuple[str, ...] = ("dockerd", "docker", "runc")) -> Path:
@@ -51,7 +39,7 @@ def fake_bundle(path: Path, version: str, members: tuple[str, ...] = ("dockerd",
             info = tarfile.TarInfo(f"docker/{name}")
             info.size, info.mode = len(data), 0o755
             tar.addfile(info, io.BytesIO(data))
-    sha256_file(tgz)
+    write_sha256(tgz)
     return tgz
 
 
@@ -104,7 +92,7 @@ def test_bundle_without_docker_folder_is_refused(tmp_path: Path) -> None:
         info = tarfile.TarInfo("dockerd")
         info.size = 0
         tar.addfile(info, io.BytesIO(b""))
-    sha256_file(bad)
+    write_sha256(bad)
     host = Host(invoke.Context(), "")
     with pytest.raises(OpsError, match="installing the dockerd bundle 27.0.1 failed.*no docker/dockerd"):
         install_dockerd(host, conf(tmp_path), bad, "27.0.1")
@@ -178,7 +166,7 @@ def test_inv_update_local_bad_input_and_no_systemd(tmp_path: Path) -> None:
                     "VERSION=0.6.7+containai.20260101"], check=True, capture_output=True)
     deb = next((work / "deb" / "build").glob("*/*/sysbox-ce_*.deb"))
     (bundle / deb.name).write_bytes(deb.read_bytes())
-    sha256_file(bundle / deb.name)
+    write_sha256(bundle / deb.name)
     env["INVOKE_CAI_BUNDLE_DIR"] = str(bundle)
     r = inv("update", "--dry-run", env={**env, "INVOKE_CAI_PLATFORM": "wsl2"})
     assert r.returncode == 1, r.stdout + r.stderr

@@ -4,16 +4,15 @@ snapshots of a host's state, and running ``inv`` against a lab host exactly as a
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from ops.lab.bundle import OLD_DOCKERD
+import _cli
 
-REPO = Path(__file__).resolve().parents[2]
-D = "docker -H unix:///var/run/containai-docker.sock"
+from ops.lab import OLD_DOCKERD
+from ops.lab.containers import DOCKER as D
+from ops.lab.containers import image_script
 
 
 def sh(host: Any, command: str, timeout: int = 600, check: bool = True) -> str:
@@ -59,17 +58,6 @@ def install_old_bundle(host: Any, tarball: Path, version: str = OLD_DOCKERD) -> 
              f"echo {version} > /opt/containai/VERSION; rm -f /tmp/old-docker.tgz")
 
 
-IMAGE_SCRIPT = f"""set -e
-if ! {D} image inspect t-busy >/dev/null 2>&1; then
-  rm -rf /tmp/r; mkdir -p /tmp/r/bin /tmp/r/data /tmp/r/etc /tmp/r/tmp
-  cp /bin/busybox /tmp/r/bin/busybox
-  for l in sh sleep cat echo date ls id sha256sum seq; do ln -s busybox /tmp/r/bin/$l; done
-  printf 'root:x:0:0:root:/root:/bin/sh\\nagent:x:1000:1000::/home/agent:/bin/sh\\n' > /tmp/r/etc/passwd
-  tar -C /tmp/r -c . | {D} import - t-busy >/dev/null
-  rm -rf /tmp/r
-fi
-"""
-
 #: PID 1 of a test container: on SIGTERM it appends "TERM" to /data/marker (in its volume) after
 #: ``delay`` seconds and exits 0.
 TRAP = ("echo start >> /data/log; trap 'sleep {delay}; echo TERM >> /data/marker; exit 0' TERM; "
@@ -80,7 +68,7 @@ def run_container(host: Any, name: str, managed: bool, delay: int = 0, data_file
     """Start a container that traps SIGTERM (see TRAP) with a volume ``<name>-vol`` at /data."""
     label = "--label containai.managed=true --label containai.ssh-port=0" if managed else ""
     cmd = TRAP.format(delay=delay).replace("'", "'\"'\"'")
-    sh(host, IMAGE_SCRIPT + f"{D} run -d --name {name} --network none {label} --stop-timeout 100 "
+    sh(host, image_script("t-busy") + f"{D} run -d --name {name} --network none {label} --stop-timeout 100 "
                             f"-v {name}-vol:/data t-busy sh -c '{cmd}' >/dev/null")
     if data_files:
         sh(host, f"{D} exec {name} sh -c 'for i in $(seq 1 {data_files}); do "
@@ -145,20 +133,16 @@ def snapshot(host: Any) -> str:
     return sh(host, SNAPSHOT, check=False)
 
 
+def _host_env(host: Any, bundle: Path) -> dict[str, str]:
+    return {"INVOKE_CAI_LIMA_HOME": host.lima_home, "INVOKE_CAI_BUNDLE_DIR": str(bundle)}
+
+
 def inv(args: list[str], host: Any, bundle: Path, timeout: int = 900,
         extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``inv <args>`` from the repository root against the lab host (no TTY)."""
-    env = {k: v for k, v in os.environ.items() if k != "LIMA_HOME" and not k.startswith("INVOKE_CAI_")}
-    env.update({"INVOKE_CAI_LIMA_HOME": host.lima_home, "INVOKE_CAI_BUNDLE_DIR": str(bundle)})
-    env.update(extra_env or {})
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env, text=True,
-                          capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
+    return _cli.inv(*args, env={**_host_env(host, bundle), **(extra_env or {})}, timeout=timeout)
 
 
 def popen_inv(args: list[str], host: Any, bundle: Path) -> subprocess.Popen[str]:
-    """Start ``inv <args>`` in its own process group (so a test can kill it and its ssh forward)."""
-    env = {k: v for k, v in os.environ.items() if k != "LIMA_HOME" and not k.startswith("INVOKE_CAI_")}
-    env.update({"INVOKE_CAI_LIMA_HOME": host.lima_home, "INVOKE_CAI_BUNDLE_DIR": str(bundle)})
-    return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    """Start ``inv <args>`` against the lab host in its own process group, stderr into stdout."""
+    return _cli.popen_inv(*args, env=_host_env(host, bundle), merge_stderr=True)

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _cli import inv
 
 pytestmark = pytest.mark.lab
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_doctor_reports_the_vm_not_the_local_machine(lab_host: Any, tmp_path: Path) -> None:
     host = lab_host(sysbox_version="0.6.6+containai.20250101")
-    env = {**os.environ, "INVOKE_CAI_LIMA_HOME": str(host.lima_home), "INVOKE_CAI_BUNDLE_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "invoke", "doctor", "--json", "--target", f"lima:{host.vm}"],
-                            cwd=ROOT, env=env, text=True, capture_output=True, stdin=subprocess.DEVNULL,
-                            timeout=300)
+    env = {"INVOKE_CAI_LIMA_HOME": str(host.lima_home), "INVOKE_CAI_BUNDLE_DIR": str(tmp_path)}
+    result = inv("doctor", "--json", "--target", f"lima:{host.vm}", env=env, timeout=300)
     assert "Traceback" not in result.stderr, result.stderr
     doc = json.loads(result.stdout)
     assert doc["schema"] == 1

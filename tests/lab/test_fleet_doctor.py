@@ -10,41 +10,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _cli import inv, ssh_config
 
 pytestmark = pytest.mark.lab
-ROOT = Path(__file__).resolve().parents[2]
 #: Outside the lab's address range (127.0.0.10 .. 127.0.0.250): nothing listens there.
 UNREACHABLE = "ssh://root@127.0.0.254:2222"
 VERSIONS = {"vm": "0.6.4+containai.20241115", "linux": "0.6.5", "wsl": "0.6.6+containai.20250101"}
 
 
-def ssh_config(path: Path, key: str, pattern: str = "127.0.0.*") -> Path:
-    """One ssh config for the ssh:// targets, read by Fabric and by the OpenSSH engine tunnel alike."""
-    path.write_text("\n".join([
-        f"Host {pattern}",
-        f'  IdentityFile "{key}"',
-        "  IdentitiesOnly yes",
-        "  StrictHostKeyChecking no",
-        "  UserKnownHostsFile /dev/null",
-        "  PreferredAuthentications publickey",
-        "  BatchMode yes",
-        "  LogLevel ERROR",
-        "",
-    ]))
-    return path
-
-
 def doctor(env: dict[str, str], *targets: str) -> tuple[int, dict[str, Any], str]:
-    argv = [sys.executable, "-m", "invoke", "doctor", "--json"]
-    for t in targets:
-        argv += ["--target", t]
-    result = subprocess.run(argv, cwd=ROOT, env=env, text=True, capture_output=True,
-                            stdin=subprocess.DEVNULL, timeout=300)
+    result = inv("doctor", "--json", *(a for t in targets for a in ("--target", t)), env=env, timeout=300)
     assert "Traceback" not in result.stderr, result.stderr
     try:
         doc = json.loads(result.stdout)

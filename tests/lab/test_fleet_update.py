@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import _cli
 import pytest
+from _cli import ssh_config
 from _update_lab import (
     install_old_bundle,
     install_sysbox_deb,
@@ -31,19 +32,10 @@ from _update_lab import (
     volume_dir,
 )
 
-from ops.lab.bundle import (
-    NEW_DOCKERD,
-    NEW_SYSBOX,
-    OLD_DOCKERD,
-    OLD_SYSBOX,
-    build_sysbox_deb,
-    bundle_dir,
-    docker_tarball,
-    write_sha256,
-)
+from ops.lab import NEW_DOCKERD, NEW_SYSBOX, OLD_DOCKERD, OLD_SYSBOX
+from ops.lab.bundle import build_sysbox_deb, bundle_dir, docker_tarball, write_sha256
 
 pytestmark = pytest.mark.lab
-ROOT = Path(__file__).resolve().parents[2]
 NEWER_SYSBOX = "0.6.8+containai.20260201"
 AGENT = "agent"  # the managed container of every host
 #: Outside the lab's address range (127.0.0.10 .. 127.0.0.250): nothing listens there.
@@ -52,22 +44,6 @@ JOURNAL = "/var/lib/containai-ops/update-journal.json"
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-
-def ssh_config(path: Path, key: str) -> Path:
-    """One ssh config for the ssh:// targets (Fabric and the OpenSSH engine tunnel both read it)."""
-    path.write_text("\n".join([
-        "Host 127.0.0.*",
-        f'  IdentityFile "{key}"',
-        "  IdentitiesOnly yes",
-        "  StrictHostKeyChecking no",
-        "  UserKnownHostsFile /dev/null",
-        "  PreferredAuthentications publickey",
-        "  BatchMode yes",
-        "  LogLevel ERROR",
-        "",
-    ]))
-    return path
-
 
 def arm64_twin(deb: Path, out_dir: Path) -> Path:
     """A real arm64 package of the same content (Architecture field and file name), with its .sha256."""
@@ -93,8 +69,7 @@ def add(bundle: Path, *files: Path) -> None:
 
 def inv(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``inv <args>`` from the repository root, no TTY; never a traceback."""
-    r = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, text=True,
-                       capture_output=True, stdin=subprocess.DEVNULL, timeout=600)
+    r = _cli.inv(*args, env=env)
     assert "Traceback" not in r.stderr + r.stdout, r.stderr[-2000:]
     return r
 
@@ -259,9 +234,7 @@ def test_update_lima_wsl2_linux_and_serial_fleet(lab_host: Any, lab_image: str, 
         assert snapshot(hosts[key]) == before[key]
 
     # (c) --stop-containers upgrades every host to the bundled versions; the containers run again
-    mac_run = subprocess.Popen([sys.executable, "-m", "invoke", "update", "--stop-containers", "--json",
-                                *targets_args("local", linux_t)], cwd=ROOT, env=mac, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    mac_run = _cli.popen_inv("update", "--stop-containers", "--json", *targets_args("local", linux_t), env=mac)
     try:
         r = inv(wsl2, "update", "--stop-containers", "--json", "--target", wsl_t)
     finally:

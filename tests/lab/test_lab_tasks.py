@@ -4,23 +4,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
+from _cli import inv
 
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def inv(*args: str, env: dict[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k != "LIMA_HOME" and not k.startswith("INVOKE_CAI_")}
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env={**base, **(env or {})},
-                          text=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
 
 
 def one_line(r: subprocess.CompletedProcess[str]) -> str:

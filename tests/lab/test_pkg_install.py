@@ -7,16 +7,15 @@ from the fixture packager; its stand-in sysbox-fs fails without ``fusermount3`` 
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _cli import inv
 
 pytestmark = pytest.mark.lab
 
@@ -42,12 +41,8 @@ def fixed_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _git(repo, "commit", "-q", "-m", "packager fixture")
     _git(repo, "tag", "v0.6.7")
     out = tmp_path_factory.mktemp("dist")
-    res = subprocess.run(
-        [sys.executable, "-m", "invoke", "pkg.build-sysbox", "--pkgr-url", f"file://{repo}", "--ref", "v0.6.7",
-         "--version-suffix", SUFFIX, "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
-        env={k: v for k, v in os.environ.items() if k != "CAI_DEBUG"},
-    )  # fmt: skip
+    res = inv("pkg.build-sysbox", "--pkgr-url", f"file://{repo}", "--ref", "v0.6.7",
+              "--version-suffix", SUFFIX, "--out", str(out))
     assert res.returncode == 0, res.stderr + res.stdout
     (deb,) = out.glob("sysbox-ce_*.deb")
     return deb

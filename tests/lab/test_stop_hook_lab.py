@@ -20,7 +20,8 @@ from _update_lab import (
     states,
 )
 
-from ops.lab.bundle import NEW_SYSBOX, build_sysbox_deb, bundle_dir, docker_tarball
+from ops.lab import NEW_SYSBOX
+from ops.lab.bundle import build_sysbox_deb, bundle_dir, docker_tarball
 
 pytestmark = pytest.mark.lab
 

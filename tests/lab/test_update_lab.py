@@ -25,15 +25,8 @@ from _update_lab import (
     volume_dir,
 )
 
-from ops.lab.bundle import (
-    NEW_DOCKERD,
-    NEW_SYSBOX,
-    OLD_DOCKERD,
-    OLD_SYSBOX,
-    build_sysbox_deb,
-    bundle_dir,
-    docker_tarball,
-)
+from ops.lab import NEW_DOCKERD, NEW_SYSBOX, OLD_DOCKERD, OLD_SYSBOX
+from ops.lab.bundle import build_sysbox_deb, bundle_dir, docker_tarball
 
 pytestmark = pytest.mark.lab
 MANAGED = ("m1", "m2", "m3")
