@@ -15,6 +15,7 @@ from typing import Any
 from ops.errors import ConfigError
 
 PLATFORMS = ("linux", "wsl2", "macos")
+LAYOUTS = ("containai", "lima-vm")
 
 #: Defaults of every ``cai.*`` key (DESIGN.md section 2). Strings only where Invoke's env loader must
 #: be able to override them (it casts to the type of the default).
@@ -36,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "ssh_user": "agent",
     "platform": "",
     "ssh_config": "",
+    "layout": "",
 }
 
 
@@ -60,6 +62,7 @@ class CaiConfig:
     ssh_user: str
     platform: str
     ssh_config: str
+    layout: str = ""  # empty: read on the target (ops.layout); containai or lima-vm forces it
 
     @property
     def label_key(self) -> str:
@@ -100,12 +103,19 @@ class CaiConfig:
                 "leave it empty to detect the platform on the target",
             )
         values["platform"] = platform
+        layout = str(values["layout"] or "").strip().lower()
+        if layout and layout not in LAYOUTS:
+            raise ConfigError(
+                f"cai.layout {layout!r} is not one of {', '.join(LAYOUTS)}",
+                "leave it empty to read the host layout on the target",
+            )
+        values["layout"] = layout
         targets = values["targets"] or []
         if isinstance(targets, str):
             targets = [t for t in targets.replace(",", " ").split() if t]
         values["targets"] = tuple(str(t) for t in targets)
         for key in DEFAULTS:
-            if key not in ("stop_timeout", "targets", "platform"):
+            if key not in ("stop_timeout", "targets", "platform", "layout"):
                 values[key] = str(values[key])
         if "=" not in values["label"] or not values["label"].split("=", 1)[0]:
             raise ConfigError(f"cai.label {values['label']!r} is not KEY=VALUE", "use containai.managed=true")
