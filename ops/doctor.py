@@ -99,6 +99,10 @@ def _component(r: Resolved, code: str, label: str, installed: Observed, bundled:
     decision = decide(label, installed, bundled)
     data = {"installed": str(installed.version) if installed.version else None,
             "state": installed.state.value, "bundled": str(bundled) if bundled else None, "bundle": source}
+    if installed.state is State.NOT_INSTALLED and installed.missing:
+        return _f(r, f"{code}.incomplete", "error",
+                  f"{label} is incomplete: missing or not executable: {', '.join(installed.missing)}",
+                  "reinstall it with: inv update --stop-containers", missing=list(installed.missing), **data)
     if installed.state is State.NOT_INSTALLED:
         return _f(r, f"{code}.not-installed", "error", f"{label} is not installed",
                   "install it with: inv update --stop-containers", **data)

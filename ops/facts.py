@@ -13,6 +13,7 @@ from typing import Any
 from ops.errors import VersionParseError
 from ops.targets import run
 from ops.versions import (
+    DOCKERD_BINARIES,
     Observed,
     State,
     SysboxVersion,
@@ -49,16 +50,60 @@ def sysbox_installed(ctx: Any) -> Observed:
     return parse_sysbox_probe(out)
 
 
-def bundle_installed(ctx: Any, opt_dir: str) -> Observed:
-    """The dockerd bundle version installed on the target (``<opt_dir>/VERSION``)."""
-    path = shlex.quote(f"{opt_dir}/VERSION")
-    code, out, _err = run(ctx, f"cat {path} 2>/dev/null || echo __missing")
-    if out.strip() == "__missing":
+def bundle_probe(opt_dir: str) -> str:
+    """The command reading the dockerd bundle: ``VERSION`` (base64, or a missing marker), then one
+    ``absent=<name>`` line per bundle binary in ``<opt_dir>/bin`` that is absent or not executable."""
+    opt = shlex.quote(opt_dir.rstrip("/"))
+    names = " ".join(DOCKERD_BINARIES)
+    return (f"d={opt}; if [ -f \"$d/VERSION\" ]; then printf 'version='; head -c 256 \"$d/VERSION\" | base64 -w0; "
+            f"echo; else echo version-missing; fi; for b in {names}; do "
+            "if [ ! -f \"$d/bin/$b\" ] || [ ! -x \"$d/bin/$b\" ]; then echo \"absent=$b\"; fi; done")
+
+
+def parse_bundle_probe(text: str) -> Observed:
+    """Pure parser of :func:`bundle_probe` output.
+
+    Installed means ``VERSION`` and all eight binaries, executable (a dangling link counts as absent).
+    Nothing at all is "not installed"; a partial bundle is "not installed" too, with what is missing
+    named in ``missing`` (and the version its ``VERSION`` file claims, when readable).
+    """
+    import base64
+    import binascii
+
+    raw: str | None = None
+    absent: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("version="):
+            try:
+                raw = base64.b64decode(line[len("version="):]).decode("utf-8", errors="replace")
+            except (binascii.Error, ValueError):
+                raw = ""
+        elif line.startswith("absent="):
+            absent.append(line[len("absent="):])
+    missing = tuple(["VERSION"] if raw is None else []) + tuple(b for b in DOCKERD_BINARIES if b in absent)
+    version: SysboxVersion | None = None
+    reason = ""
+    if raw is not None:
+        try:
+            version = parse_bundle_version(raw)
+        except VersionParseError as exc:
+            reason = exc.message
+    if raw is None and len(missing) == len(DOCKERD_BINARIES) + 1:
         return Observed(State.NOT_INSTALLED)
-    try:
-        return Observed(State.INSTALLED, parse_bundle_version(out))
-    except VersionParseError as exc:
-        return Observed(State.UNKNOWN, reason=exc.message)
+    if missing:
+        return Observed(State.NOT_INSTALLED, version,
+                        f"incomplete dockerd bundle: missing or not executable: {', '.join(missing)}", missing)
+    if version is None:
+        return Observed(State.UNKNOWN, reason=reason)
+    return Observed(State.INSTALLED, version)
+
+
+def bundle_installed(ctx: Any, opt_dir: str) -> Observed:
+    """The dockerd bundle installed on the target: ``<opt_dir>/VERSION`` and the eight binaries in
+    ``<opt_dir>/bin`` (see :func:`parse_bundle_probe`)."""
+    _code, out, _err = run(ctx, bundle_probe(opt_dir))
+    return parse_bundle_probe(out)
 
 
 def bundled_sysbox(bundle_dir: str, arch: str) -> tuple[SysboxVersion | None, Path | None]:

@@ -18,7 +18,10 @@ MARKER = "containai"
 _NUMERIC = re.compile(r"^(\d+(?:\.\d+)*)")
 _MARKER_RE = re.compile(r"\+containai\.(\d{8})(?:\.(\d+))?")
 _VERSION_LINE = re.compile(r"^\s*version\s*:\s*(\S+)\s*$", re.IGNORECASE | re.MULTILINE)
-_SINGLE_LINE = re.compile(r"^\s*sysbox-runc\s+(?:version\s+)?v?(\d+\.\d+\S*)\s*$", re.IGNORECASE)
+#: The one-line form: ``sysbox-runc version 0.6.4``, possibly followed by more text on the same line
+#: (``sysbox-runc version 0.6.4 (commit 3d6e1b2)``), as urfave/cli prints ``<name> version <Version>``.
+_SINGLE_LINE = re.compile(r"^\s*sysbox-runc\s+(?:version\s+)?v?(\d+\.\d+[^\s,;()]*)(?:[\s,;(].*)?$",
+                          re.IGNORECASE)
 
 
 @dataclass(frozen=True, order=False)
@@ -93,8 +96,9 @@ def _valid_date(text: str) -> bool:
 
 
 def parse_sysbox_runc_output(text: str) -> SysboxVersion:
-    """Parse ``sysbox-runc --version``: the multi-line form (a ``version:`` line) or a single line
-    (``sysbox-runc version 0.6.7``). Raises VersionParseError when there is no version."""
+    """Parse ``sysbox-runc --version``: the multi-line form (a ``version:`` line) or the one-line form
+    (``sysbox-runc version 0.6.7``, with or without text after the version, e.g. ``(commit ...)``).
+    Raises VersionParseError when there is no version."""
     found = _VERSION_LINE.search(text or "")
     if found:
         return parse_version(found.group(1))
@@ -132,6 +136,8 @@ class Observed:
     state: State
     version: SysboxVersion | None = None
     reason: str = ""
+    #: Parts of an incomplete installation (e.g. dockerd bundle binaries that are absent or not executable).
+    missing: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         if self.state is State.INSTALLED and self.version is not None:
@@ -181,6 +187,11 @@ def decide(component: str, installed: Observed, bundled: SysboxVersion | None) -
 
 
 # --- the dockerd bundle ---------------------------------------------------------------------------
+
+#: The binaries of Docker's static bundle that a ContainAI host links from ``<opt_dir>/bin``; the bundle
+#: counts as installed only when ``<opt_dir>/VERSION`` and every one of them is there and executable.
+DOCKERD_BINARIES = ("dockerd", "docker", "containerd", "containerd-shim-runc-v2", "docker-init",
+                    "docker-proxy", "runc", "ctr")
 
 _BUNDLE_RE = re.compile(r"^docker-(\d+\.\d+\.\d+(?:[-+.~][0-9A-Za-z.+~-]*)?)\.(?:tgz|tar\.gz)$")
 

@@ -111,3 +111,56 @@ def test_cli_lists_and_documents(tmp_path: Path) -> None:
     cai_ops = str(Path(sys.executable).parent / "cai-ops")
     script = subprocess.run([cai_ops, "--list"], capture_output=True, text=True, cwd=tmp_path)
     assert script.returncode == 0 and "doctor" in script.stdout
+
+
+BUNDLE_BINARIES = ["dockerd", "docker", "containerd", "containerd-shim-runc-v2", "docker-init", "docker-proxy",
+                   "runc", "ctr"]
+
+
+def _bundle(opt: Path, present: list[str], executable: bool = True) -> Path:
+    """An ``<opt_dir>`` shaped like the installer leaves it: ``docker/<ver>/<bin>`` files, ``bin/<bin>``
+    relative links to them, ``VERSION`` without a newline."""
+    real = opt / "docker" / "27.3.1"
+    real.mkdir(parents=True)
+    (opt / "bin").mkdir()
+    for name in present:
+        (real / name).write_text("#!/bin/sh\n")
+        (real / name).chmod(0o755 if executable else 0o644)
+        (opt / "bin" / name).symlink_to(f"../docker/27.3.1/{name}")
+    (opt / "VERSION").write_text("27.3.1")
+    return opt
+
+
+def _dockerd_finding(opt: Path, tmp_path: Path) -> dict[str, Any]:
+    env = {"INVOKE_CAI_OPT_DIR": str(opt), "INVOKE_CAI_DOCKER_HOST": f"unix://{tmp_path}/nobody.sock",
+           "INVOKE_CAI_BUNDLE_DIR": str(tmp_path / "no-bundle")}
+    result = inv("doctor", "--json", env=env)
+    assert "Traceback" not in result.stderr
+    [finding] = [f for f in json.loads(result.stdout)["findings"] if f["code"].startswith("dockerd.")]
+    return dict(finding)
+
+
+def test_complete_dockerd_bundle_is_installed(tmp_path: Path) -> None:
+    finding = _dockerd_finding(_bundle(tmp_path / "opt", BUNDLE_BINARIES), tmp_path)
+    assert finding["code"] == "dockerd.installed" and "27.3.1" in finding["message"]
+
+
+def test_dockerd_bundle_missing_binaries_is_named(tmp_path: Path) -> None:
+    """VERSION alone is not an installed bundle: the binaries that are absent (or only a dangling link)
+    are named (before the fix doctor reported "dockerd bundle 27.3.1 installed")."""
+    opt = _bundle(tmp_path / "opt", [b for b in BUNDLE_BINARIES if b not in ("docker-proxy", "ctr")])
+    (opt / "bin" / "ctr").symlink_to("../docker/27.3.1/ctr")  # dangling
+    finding = _dockerd_finding(opt, tmp_path)
+    assert finding["code"] == "dockerd.incomplete" and finding["severity"] == "error"
+    assert finding["data"]["missing"] == ["docker-proxy", "ctr"]
+    assert "docker-proxy, ctr" in finding["message"] and "inv update" in finding["hint"]
+
+
+def test_dockerd_bundle_not_executable_or_without_version(tmp_path: Path) -> None:
+    opt = _bundle(tmp_path / "opt", BUNDLE_BINARIES, executable=False)
+    assert _dockerd_finding(opt, tmp_path)["data"]["missing"] == BUNDLE_BINARIES
+    opt2 = _bundle(tmp_path / "opt2", BUNDLE_BINARIES)
+    (opt2 / "VERSION").unlink()
+    finding = _dockerd_finding(opt2, tmp_path)
+    assert finding["code"] == "dockerd.incomplete" and finding["data"]["missing"] == ["VERSION"]
+    assert _dockerd_finding(tmp_path / "nothing", tmp_path)["code"] == "dockerd.not-installed"

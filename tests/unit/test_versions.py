@@ -48,6 +48,22 @@ def test_single_line() -> None:
     assert parse_sysbox_runc_output(golden("single-line-0.6.4.txt")).numbers == (0, 6, 4)
 
 
+def test_single_line_with_text_after_the_version() -> None:
+    """``sysbox-runc version 0.6.4+containai.20250124 (commit ...)``: the earlier tool took the word after
+    ``version`` whatever followed it; so do we (this failed with "no version" before)."""
+    v = parse_sysbox_runc_output(golden("single-line-0.6.4-trailing.txt"))
+    assert str(v) == "0.6.4+containai.20250124"
+    assert v.numbers == (0, 6, 4) and v.build_date == 20250124
+    assert str(parse_sysbox_runc_output("sysbox-runc version 0.6.4 (commit 3d6e1b2)\n")) == "0.6.4"
+
+
+@pytest.mark.parametrize("text", ["sysbox-runc version\n", "sysbox-runc version (commit 3d6e1b2)\n",
+                                  "sysbox-runc version x.y\n"])
+def test_single_line_without_a_version_raises(text: str) -> None:
+    with pytest.raises(VersionParseError):
+        parse_sysbox_runc_output(text)
+
+
 @pytest.mark.parametrize("name", ["no-version.txt", "first-line-only.txt"])
 def test_no_version_raises(name: str) -> None:
     with pytest.raises(VersionParseError):
