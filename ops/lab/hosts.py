@@ -4,6 +4,12 @@ ContainAI install, reached over SSH through a Lima-format ssh.config exactly as 
 Each host gets its own loopback address ``127.0.0.(10+index)`` and port 2222 (the containers share the
 machine's network), a bind-mounted data root for its nested engine, and the files of a ContainAI
 install written into it before it boots (``recipe/host/``).
+
+A host with a *layout* (``containai`` or ``lima-vm``) is in the state the ContainAI installer leaves
+(``recipe/host/containai/``, ``recipe/host/lima-vm/``) and has a network namespace of its own
+(``--network none``): its engine's bridge, addresses and iptables rules never reach the machine. Its
+sshd runs in inetd mode over ``docker exec``, named as the ``ProxyCommand`` of its ssh.config, and its
+apt reads a local file repository (``/srv/cai-lab-apt``) holding what it cannot download.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.errors import NotFoundError, OpsError
-from ops.lab import OLD_SYSBOX
+from ops.lab import OLD_DOCKERD, OLD_SYSBOX
 from ops.lab.engine import LAB_ROOT, lab_lock
 from ops.lab.image import RECIPE, ensure_lab_image
 from ops.ssh import port_in_use
@@ -37,6 +43,21 @@ LABEL = "cai-lab.host"
 CONTAINER_PREFIX = "cai-lab-"
 DEFAULT_SYSBOX = OLD_SYSBOX
 ENGINE_SOCK = "/var/run/containai-docker.sock"
+#: Host layouts the lab reproduces (see ops.layout), and the engine socket and data root of each.
+LAYOUTS = ("containai", "lima-vm")
+LAYOUT_SOCK = {"containai": ENGINE_SOCK, "lima-vm": "/var/run/docker.sock"}
+LAYOUT_DATA_ROOT = {"containai": "/var/lib/containai-docker", "lima-vm": "/var/lib/docker"}
+#: The local apt repository of layout hosts (they have no route out), inside the host and on the machine.
+APT_REPO_IN_HOST = "/srv/cai-lab-apt"
+APT_REPO = LAB_ROOT / "aptrepo"
+#: Debian packages the layout hosts' apt must find without a mirror (the sysbox-ce .deb needs fuse3).
+APT_REPO_PACKAGES = ("fuse3", "libfuse3-3")
+#: The dockerd bundle binaries and where Debian's docker.io has them in the lab image.
+BUNDLE_LINKS = {
+    "dockerd": "/usr/sbin/dockerd", "docker": "/usr/bin/docker", "containerd": "/usr/bin/containerd",
+    "containerd-shim-runc-v2": "/usr/bin/containerd-shim-runc-v2", "docker-init": "/usr/bin/docker-init",
+    "docker-proxy": "/usr/sbin/docker-proxy", "runc": "/usr/sbin/runc", "ctr": "/usr/bin/ctr",
+}
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 #: A reservation without a container older than this is from a crashed session and is reclaimed.
 STALE_RESERVATION = 600.0
@@ -55,6 +76,17 @@ class LabHost:
     ssh_config: str
     key: str
     data_dir: str
+    layout: str = ""  # "" (the lab's older install), containai or lima-vm
+
+    @property
+    def engine_socket(self) -> str:
+        """The socket of the engine that serves the host's managed containers."""
+        return LAYOUT_SOCK.get(self.layout, ENGINE_SOCK)
+
+    @property
+    def docker(self) -> str:
+        """The docker CLI of that engine, as a command prefix inside the host."""
+        return f"docker -H unix://{self.engine_socket}"
 
     @property
     def target(self) -> str:
@@ -72,6 +104,13 @@ def address_of(index: int) -> str:
     if not 0 <= index <= MAX_INDEX:
         raise OpsError(f"lab host index {index} is out of range", f"use 0..{MAX_INDEX}")
     return f"127.0.0.{10 + index}"
+
+
+def check_layout(layout: str | None) -> str:
+    """Validate a lab layout name ("" or None: the lab's older install)."""
+    if layout and layout not in LAYOUTS:
+        raise OpsError(f"unknown lab layout {layout!r}", f"use one of {', '.join(LAYOUTS)}")
+    return layout or ""
 
 
 def check_name(name: str) -> str:
@@ -231,8 +270,17 @@ def reserve(name: str, index: int | None = None, owner_pid: int | None = None) -
 
 # --- the files of a host --------------------------------------------------------------------------
 
-def ssh_config_text(vm: str, address: str, port: int, key: Path, control_path: Path) -> str:
-    """An ssh config in the form Lima writes for a VM."""
+def proxy_command(container: str, docker_host: str) -> str:
+    """The ProxyCommand reaching a host's sshd with no network: sshd in inetd mode over docker exec."""
+    docker = shutil.which("docker") or "docker"
+    return f"{docker} -H {docker_host} exec -i {container} /usr/sbin/sshd -i -e -o LogLevel=ERROR"
+
+
+def ssh_config_text(vm: str, address: str, port: int, key: Path, control_path: Path,
+                    proxy: str = "") -> str:
+    """An ssh config in the form Lima writes for a VM (with ``proxy``: a ProxyCommand instead of an
+    address and port)."""
+    where = [f"  ProxyCommand {proxy}"] if proxy else [f"  Hostname {address}", f"  Port {port}"]
     return "\n".join([
         f"Host lima-{vm}",
         f'  IdentityFile "{key}"',
@@ -248,8 +296,7 @@ def ssh_config_text(vm: str, address: str, port: int, key: Path, control_path: P
         "  ControlMaster auto",
         f'  ControlPath "{control_path}"',
         "  ControlPersist 5m",
-        f"  Hostname {address}",
-        f"  Port {port}",
+        *where,
         "",
     ])
 
@@ -259,8 +306,9 @@ def sysbox_runc_script(version: str) -> str:
     return (RECIPE / "host" / "sysbox-runc.in").read_text().replace("@VERSION@", version)
 
 
-def _install_tar(address: str, port: int, pubkey: str, sysbox_version: str | None) -> bytes:
-    """The files written into a host before it boots (an older ContainAI install)."""
+def _install_tar(address: str, port: int, pubkey: str, sysbox_version: str | None, layout: str = "") -> bytes:
+    """The files written into a host before it boots (an older ContainAI install, or the installer's
+    state of a layout)."""
     buf = io.BytesIO()
     now = int(time.time())
     host = RECIPE / "host"
@@ -275,15 +323,28 @@ def _install_tar(address: str, port: int, pubkey: str, sysbox_version: str | Non
         info.type, info.mode, info.mtime, info.uid, info.gid = tarfile.DIRTYPE, mode, now, uid, uid
         tar.addfile(info)
 
+    def add_link(tar: tarfile.TarFile, path: str, target: str) -> None:
+        info = tarfile.TarInfo(path)
+        info.type, info.linkname, info.mtime = tarfile.SYMTYPE, target, now
+        tar.addfile(info)
+
     with tarfile.open(fileobj=buf, mode="w") as tar:
         add_dir(tar, "etc/containai")
         add_dir(tar, "etc/containai/docker")
-        add(tar, "etc/containai/docker/daemon.json", (host / "daemon.json").read_bytes())
-        add(tar, "etc/systemd/system/containai-docker.service",
-            (host / "containai-docker.service").read_bytes())
-        link = tarfile.TarInfo("etc/systemd/system/multi-user.target.wants/containai-docker.service")
-        link.type, link.linkname, link.mtime = tarfile.SYMTYPE, "/etc/systemd/system/containai-docker.service", now
-        tar.addfile(link)
+        if layout == "containai":
+            _add_containai_layout(tar, host / "containai", add, add_dir, add_link)
+        elif layout == "lima-vm":
+            _add_lima_vm_layout(tar, host / "lima-vm", add, add_link)
+        else:
+            add(tar, "etc/containai/docker/daemon.json", (host / "daemon.json").read_bytes())
+            add(tar, "etc/systemd/system/containai-docker.service",
+                (host / "containai-docker.service").read_bytes())
+            add_link(tar, "etc/systemd/system/multi-user.target.wants/containai-docker.service",
+                     "/etc/systemd/system/containai-docker.service")
+        if layout:
+            # no network: apt reads the local file repository only; sshd -i needs /run/sshd at every boot
+            add(tar, "etc/apt/sources.list", f"deb [trusted=yes] file:{APT_REPO_IN_HOST} ./\n".encode())
+            add(tar, "etc/tmpfiles.d/cai-lab-sshd.conf", b"d /run/sshd 0755 root root -\n")
         add(tar, "etc/ssh/sshd_config.d/00-lab-host.conf",
             f"# this lab host's own address (the hosts share the machine's network)\n"
             f"ListenAddress {address}:{port}\n".encode())
@@ -294,6 +355,34 @@ def _install_tar(address: str, port: int, pubkey: str, sysbox_version: str | Non
     return buf.getvalue()
 
 
+def _add_containai_layout(tar: tarfile.TarFile, recipe: Path, add: Any, add_dir: Any, add_link: Any) -> None:
+    """The installer's Linux state: its unit (enabled), its daemon.json, and the bundle layout in
+    /opt/containai (``bin/<b>`` relative links to ``docker/<ver>/<b>``, ``VERSION`` without a newline).
+    The bundle's files are links to the image's Debian docker.io binaries (same programs, no copy)."""
+    add(tar, "etc/containai/docker/daemon.json", (recipe / "daemon.json").read_bytes())
+    add(tar, "etc/systemd/system/containai-docker.service", (recipe / "containai-docker.service").read_bytes())
+    add_link(tar, "etc/systemd/system/multi-user.target.wants/containai-docker.service",
+             "/etc/systemd/system/containai-docker.service")
+    for d in ("opt/containai", "opt/containai/bin", "opt/containai/docker", f"opt/containai/docker/{OLD_DOCKERD}"):
+        add_dir(tar, d)
+    for name, path in BUNDLE_LINKS.items():
+        add_link(tar, f"opt/containai/docker/{OLD_DOCKERD}/{name}", path)
+        add_link(tar, f"opt/containai/bin/{name}", f"../docker/{OLD_DOCKERD}/{name}")
+    add(tar, "opt/containai/VERSION", OLD_DOCKERD.encode())
+
+
+def _add_lima_vm_layout(tar: tarfile.TarFile, recipe: Path, add: Any, add_link: Any) -> None:
+    """The macOS VM's state: the distribution's docker.service, docker.socket and containerd.service
+    enabled, /etc/docker/daemon.json as the sysbox-ce package leaves it (the sysbox-runc runtime, bip,
+    address pools), and the installer's dead /etc/containai/docker/daemon.json."""
+    add(tar, "etc/docker/daemon.json", (recipe / "docker-daemon.json").read_bytes())
+    add(tar, "etc/containai/docker/daemon.json", (recipe / "containai-daemon.json").read_bytes())
+    for unit, wants in (("docker.service", "multi-user.target.wants"),
+                        ("containerd.service", "multi-user.target.wants"),
+                        ("docker.socket", "sockets.target.wants")):
+        add_link(tar, f"etc/systemd/system/{wants}/{unit}", f"/lib/systemd/system/{unit}")
+
+
 # --- up / down ------------------------------------------------------------------------------------
 
 def _client(docker_host: str) -> Any:
@@ -302,22 +391,26 @@ def _client(docker_host: str) -> Any:
     return docker.DockerClient(base_url=docker_host, timeout=120)
 
 
-def run_kwargs(name: str, data_dir: Path) -> dict[str, Any]:
-    """Docker SDK arguments of a lab host (the flags known to work, see docs/lab.md)."""
+def run_kwargs(name: str, data_dir: Path, layout: str = "") -> dict[str, Any]:
+    """Docker SDK arguments of a lab host (the flags known to work, see docs/lab.md). A layout host
+    has a network namespace of its own (``none``: only ``lo``) and the local apt repository."""
+    volumes: dict[str, dict[str, str]] = {
+        "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+        str(data_dir): {"bind": LAYOUT_DATA_ROOT.get(layout, "/var/lib/containai-docker"), "mode": "rw"},
+    }
+    if layout:
+        volumes[str(APT_REPO)] = {"bind": APT_REPO_IN_HOST, "mode": "ro"}
     return {
         "name": container_name(name),
         "command": ["/lib/systemd/systemd"],
         "detach": True,
-        "network_mode": "host",
+        "network_mode": "none" if layout else "host",
         "cap_add": ["ALL"],
         "cap_drop": ["SYS_RESOURCE"],
         "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
         "device_cgroup_rules": ["a *:* rwm"],
         "cgroupns": "host",
-        "volumes": {
-            "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-            str(data_dir): {"bind": "/var/lib/containai-docker", "mode": "rw"},
-        },
+        "volumes": volumes,
         "tmpfs": {"/run": "", "/run/lock": ""},
         "labels": {LABEL: name},
         "environment": {"container": "docker"},
@@ -363,16 +456,17 @@ def wait_ssh(host: LabHost, timeout: float = 120) -> None:
 
 
 def wait_engine(host: LabHost, timeout: float = 120) -> None:
-    """Wait until the nested containai-docker engine answers inside the host."""
+    """Wait until the nested engine (containai-docker, or docker.service on lima-vm) answers inside
+    the host."""
     deadline = time.monotonic() + timeout
     delay = 0.3
     while True:
-        code, out, _ = run(host, f"docker -H unix://{ENGINE_SOCK} version --format '{{{{.Server.Version}}}}'",
-                           timeout=30)
+        code, out, _ = run(host, f"{host.docker} version --format '{{{{.Server.Version}}}}'", timeout=30)
         if code == 0 and out.strip():
             return
         if time.monotonic() + delay > deadline:
-            _, journal, _ = run(host, "systemctl status containai-docker --no-pager -n 15 2>&1 | tail -n 8")
+            unit = "docker" if host.layout == "lima-vm" else "containai-docker"
+            _, journal, _ = run(host, f"systemctl status {unit} --no-pager -n 15 2>&1 | tail -n 8")
             raise OpsError(f"the nested engine of lab host {host.name} did not answer within "
                            f"{timeout:.0f}s: {' | '.join(journal.strip().splitlines())[-400:]}")
         time.sleep(delay)
@@ -381,10 +475,14 @@ def wait_engine(host: LabHost, timeout: float = 120) -> None:
 
 def up(name: str, index: int, docker_host: str, lima_home: str | os.PathLike[str],
        sysbox_version: str | None = DEFAULT_SYSBOX, *, wait_for_engine: bool = True,
-       image: str | None = None) -> LabHost:
+       image: str | None = None, layout: str | None = None) -> LabHost:
     """Start lab host ``name`` (number ``index``) on the lab engine; return once SSH answers (and the
-    nested engine, unless wait_for_engine is False). An existing host of that name is replaced."""
+    nested engine, unless wait_for_engine is False). An existing host of that name is replaced.
+    ``layout`` (containai, lima-vm) starts it in the state the installer leaves, on a network of its own."""
     check_name(name)
+    layout = check_layout(layout)
+    if layout:
+        ensure_apt_repo()
     index = reserve(name, index)
     address = address_of(index)
     key = ensure_key()
@@ -394,11 +492,13 @@ def up(name: str, index: int, docker_host: str, lima_home: str | os.PathLike[str
     vm_dir.mkdir(parents=True, exist_ok=True)
     ssh_config = vm_dir / "ssh.config"
     stop_mux(ssh_config, name)  # a master from an earlier host of this name
-    ssh_config.write_text(ssh_config_text(name, address, SSH_PORT, key, vm_dir / "ssh.sock"))
+    proxy = proxy_command(container_name(name), docker_host) if layout else ""
+    ssh_config.write_text(ssh_config_text(name, address, SSH_PORT, key, vm_dir / "ssh.sock", proxy))
     host_dir = HOSTS_DIR / name
     data_dir = host_dir / "data"
     host = LabHost(name=name, vm=name, address=address, port=SSH_PORT, container=container_name(name),
-                   lima_home=str(home), ssh_config=str(ssh_config), key=str(key), data_dir=str(data_dir))
+                   lima_home=str(home), ssh_config=str(ssh_config), key=str(key), data_dir=str(data_dir),
+                   layout=layout)
     previous: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         previous = json.loads(_state_file(name).read_text())
@@ -413,16 +513,58 @@ def up(name: str, index: int, docker_host: str, lima_home: str | os.PathLike[str
         if data_dir.exists():
             shutil.rmtree(data_dir)
         data_dir.mkdir(parents=True)
-        container = client.containers.create(tag, **run_kwargs(name, data_dir))
+        container = client.containers.create(tag, **run_kwargs(name, data_dir, layout))
         pubkey = KEY.with_suffix(".pub").read_text()
-        container.put_archive("/", _install_tar(address, SSH_PORT, pubkey, sysbox_version))
+        container.put_archive("/", _install_tar(address, SSH_PORT, pubkey, sysbox_version, layout))
         container.start()
+        if layout:
+            _wait_sshd_ready(container)
     finally:
         client.close()
     wait_ssh(host)
+    if layout:
+        apt_update(host)  # the local repository only: fast, and apt resolves fuse3 as on a real host
     if wait_for_engine:
         wait_engine(host)
     return host
+
+
+def _wait_sshd_ready(container: Any, timeout: float = 60) -> None:
+    """Wait until systemd made /run/sshd (sshd -i refuses to run before), so the first ssh works."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if container.exec_run(["test", "-d", "/run/sshd"]).exit_code == 0:
+                return
+        time.sleep(0.2)
+
+
+def ensure_apt_repo() -> Path:
+    """The local apt repository of layout hosts: the packages they need (fuse3 and its library)
+    downloaded with the machine's apt, and a flat ``Packages`` index. Made once, under a lock."""
+    with lab_lock("aptrepo"):
+        index = APT_REPO / "Packages"
+        if index.is_file():
+            return APT_REPO
+        APT_REPO.mkdir(parents=True, exist_ok=True)
+        for tool in ("apt-get", "dpkg-scanpackages"):
+            if shutil.which(tool) is None:
+                raise OpsError(f"{tool} is not installed (the lab's local apt repository needs it)",
+                               "run ./bootstrap.sh deps (apt-get install dpkg-dev)")
+        got = subprocess.run(["apt-get", "download", *APT_REPO_PACKAGES], cwd=APT_REPO,
+                             capture_output=True, text=True, check=False)
+        if got.returncode != 0:
+            last = (got.stderr.strip() or got.stdout.strip() or f"exit {got.returncode}").splitlines()[-1]
+            raise OpsError(f"downloading {', '.join(APT_REPO_PACKAGES)} for the lab's apt repository failed: {last}",
+                           "run `apt-get update` on this machine, then retry")
+        scan = subprocess.run(["dpkg-scanpackages", "--multiversion", "."], cwd=APT_REPO,
+                              capture_output=True, text=True, check=False)
+        if scan.returncode != 0 or "Package:" not in scan.stdout:
+            raise OpsError(f"dpkg-scanpackages failed in {APT_REPO}: {scan.stderr.strip()[-200:]}")
+        part = index.with_suffix(".part")
+        part.write_text(scan.stdout)
+        part.replace(index)
+        return APT_REPO
 
 
 def apt_update(host: LabHost, timeout: int = 600) -> None:
@@ -459,7 +601,8 @@ def load(name: str) -> LabHost:
     state = _state_file(check_name(name))
     try:
         raw = json.loads(state.read_text())
-        return LabHost(**{k: raw[k] for k in LabHost.__dataclass_fields__})
+        return LabHost(**{k: raw[k] for k in LabHost.__dataclass_fields__ if k != "layout"},
+                       layout=str(raw.get("layout", "")))
     except (OSError, ValueError, KeyError, TypeError):
         raise NotFoundError(f"no lab host named {name!r}", "see `inv lab.status`") from None
 

@@ -53,16 +53,20 @@ def image(ctx: Any) -> None:
                  f"(default $CAI_LAB_LIMA_HOME or {DEFAULT_LIMA_HOME})",
     "sysbox": "Version printed by the stand-in sysbox-runc; 'none' installs no sysbox-runc",
     "apt_update": "Fetch the apt lists in each host, as a real host has them (--no-apt-update skips it)",
+    "layout": "Start the hosts as the ContainAI installer leaves them: containai (Linux/WSL2: "
+              "containai-docker.service, bundle, bridge cai0) or lima-vm (the macOS VM: docker.service), "
+              "each on a network of its own; empty: the lab's older install",
 })
 @cli_errors
 def up(ctx: Any, name: str = "lab", count: int = 1, lima_home: str = "",
-       sysbox: str = OLD_SYSBOX, apt_update: bool = True) -> None:
+       sysbox: str = OLD_SYSBOX, apt_update: bool = True, layout: str = "") -> None:
     """Bring up lab hosts (systemd, sshd, an older ContainAI engine) and print how to reach them."""
     from ops.lab import hosts
     from ops.lab.engine import ensure_engine
 
     if count < 1:
         raise ConfigError(f"--count must be at least 1, got {count}", "use e.g. --count 2")
+    hosts.check_layout(layout)
     home = _lima_home(lima_home)
     docker_host = ensure_engine()
     wanted = [name] if count == 1 else [f"{name}-{i}" for i in range(1, count + 1)]
@@ -71,10 +75,12 @@ def up(ctx: Any, name: str = "lab", count: int = 1, lima_home: str = "",
     for host_name in wanted:
         index = hosts.reserve(host_name)
         host = hosts.up(host_name, index, docker_host, home,
-                        None if sysbox.lower() == "none" else sysbox)
-        if apt_update:
+                        None if sysbox.lower() == "none" else sysbox, layout=layout)
+        if apt_update and not layout:
             hosts.apt_update(host)
-        print(f"{host.name}: {host.address}:{host.port} (container {host.container})")
+        where = (f"layout {layout}, own network, sshd over docker exec" if layout
+                 else f"{host.address}:{host.port}")
+        print(f"{host.name}: {where} (container {host.container})")
         print(f"  INVOKE_CAI_LIMA_HOME={host.lima_home} inv doctor --target {host.target}")
         print(f"  ssh -F {host.ssh_config} {host.alias}")
 
