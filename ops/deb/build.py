@@ -1,16 +1,18 @@
-"""Building the ContainAI sysbox-ce .deb: packager checkout, control patch, build, marker, repack, publish.
+"""Building the ContainAI sysbox-ce .deb from the Sysbox sources as upstream lays them out.
 
 A release build (``build_sysbox``):
-1. shallow-clone the packager at a tag or branch (``git clone --depth 1 --branch REF URL``);
-2. fix the fuse dependency of every ``deb/sysbox-*/control`` (``control.fix_fuse_depends``);
-3. run the packager's build command (``make -C deb generic EDITION=ce``) with
-   ``CONTAINAI_VERSION_SUFFIX`` (the marker) and ``SYSBOX_VERSION`` (``<upstream><marker>``, when the
-   upstream version is known) in its environment, so a packager that honours them builds binaries
-   whose ``--version`` carries the marker (``update`` reads the installed version from the binary);
-4. take the one ``sysbox-ce_*.deb`` under ``deb/build/<arch>/<baseline>/`` (never the dbgsym package);
-5. repack it (``repack``): the fuse fix again on DEBIAN/control (a no-op when step 2 took effect), the
-   build marker appended to the upstream part of Version, root ownership, xz;
-6. verify it (including that the packaged ``sysbox-runc --version`` names the same build), then
+1. clone the Sysbox superproject at a tag, branch or commit with its submodules (``sources``);
+2. refuse unless every required commit is in its submodule (the sysbox-fs openat2 fix by default);
+3. the packager is the superproject's ``sysbox-pkgr`` submodule (or ``--pkgr-url`` at ``--ref``): fix
+   the fuse dependency of every ``deb/sysbox-*/control`` (``control.fix_fuse_depends``);
+4. write the marker into the superproject's ``VERSION`` (the binaries print it) and link the
+   packager's ``sources/sysbox`` to the checkout, as upstream's ``make sysbox-ce-repo PATH`` does;
+5. when the packager builds in Docker, check that a Docker engine answers; then run
+   ``make -C deb generic EDITION=ce`` in the packager;
+6. take the one ``sysbox-ce_*.deb`` under ``deb/build/<arch>/<baseline>/`` (never the dbgsym package);
+7. repack it (``repack``): the fuse fix again on DEBIAN/control, the Version our ordering needs
+   (``version.release_version``: ``0.7.0.linux+containai.YYYYMMDD``), root ownership, xz;
+8. verify it (including that the packaged ``sysbox-runc --version`` names the same build), then
    publish ``<Package>_<Version>_<Architecture>.deb`` and its ``.sha256`` into the output folder
    under temporary names renamed at the end, so a failure never leaves a partial file there.
 All work happens in a temporary folder that is removed afterwards.
@@ -26,29 +28,29 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ops.deb.control import fix_fuse_depends, set_field
 from ops.deb.errors import BuildError, ControlError, DebError
 from ops.deb.inspect import DebInfo, deb_file_name, read_deb
-from ops.deb.runc import (
-    VERSION_VARIABLE,
-    build_env,
-    find_upstream_version,
-    package_build_version,
-    probe_runc,
-    runc_version_violations,
+from ops.deb.runc import package_build_version, probe_runc, runc_version_violations
+from ops.deb.sources import (
+    DEFAULT_BUILD_CMD,
+    PACKAGER,
+    Requirement,
+    check_docker,
+    check_required,
+    check_sources,
+    clone_superproject,
+    git_reason,
+    link_sources,
+    mark_version,
 )
+from ops.deb.version import release_version
 from ops.errors import RefusedError, VersionParseError
 
-#: ``packaging/sysbox-pkgr.toml`` of the repository, shipped inside an installed package as ``ops/pins``.
-PIN_FILE = next((p for p in (Path(__file__).resolve().parents[1] / "pins" / "sysbox-pkgr.toml",
-                             Path(__file__).resolve().parents[2] / "packaging" / "sysbox-pkgr.toml") if p.is_file()),
-                Path(__file__).resolve().parents[2] / "packaging" / "sysbox-pkgr.toml")
-DEFAULT_BUILD_CMD = "make -C deb generic EDITION=ce"
 MARKER_PREFIX = "+containai."
 _SUFFIX = re.compile(r"\+[A-Za-z0-9][A-Za-z0-9.+]*")
 
@@ -57,41 +59,6 @@ Log = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     return None
-
-
-@dataclass(frozen=True)
-class PackagerPin:
-    """Where the packager comes from by default (``packaging/sysbox-pkgr.toml``)."""
-
-    url: str
-    ref: str
-    build_cmd: str = DEFAULT_BUILD_CMD
-    package: str = "sysbox-ce"
-
-
-def parse_pin(text: str, source: str = "packaging/sysbox-pkgr.toml") -> PackagerPin:
-    """Read the packager pin from TOML text (keys ``url``, ``ref``, optional ``build_cmd``, ``package``)."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise BuildError(f"{source} is not valid TOML ({exc})", "fix the file") from None
-    url, ref = str(data.get("url", "")).strip(), str(data.get("ref", "")).strip()
-    if not url or not ref:
-        raise BuildError(f"{source} must set url and ref", 'e.g. url = "https://github.com/nestybox/sysbox-pkgr"')
-    return PackagerPin(
-        url=url,
-        ref=ref,
-        build_cmd=str(data.get("build_cmd", DEFAULT_BUILD_CMD)).strip() or DEFAULT_BUILD_CMD,
-        package=str(data.get("package", "sysbox-ce")).strip() or "sysbox-ce",
-    )
-
-
-def load_pin(path: Path = PIN_FILE) -> PackagerPin:
-    """The pinned packager, from the repository's packaging/ folder."""
-    try:
-        return parse_pin(path.read_text(encoding="utf-8"), str(path.name))
-    except FileNotFoundError:
-        raise BuildError(f"the packager pin {path.name} is missing", "pass --pkgr-url and --ref explicitly") from None
 
 
 def default_suffix(now: _dt.datetime | None = None) -> str:
@@ -111,27 +78,12 @@ def check_suffix(suffix: str) -> str:
 
 
 def marked_version(version: str, suffix: str) -> str:
-    """Append ``suffix`` to the upstream part of a Debian version (before the revision, after the epoch).
+    """The Version of a package marked with ``suffix``: any marker moved after the packager's ``.linux``.
 
-    ``0.6.7.linux-0`` -> ``0.6.7.linux+containai.20260127-0``; a version already ending in the suffix
-    is returned unchanged.
+    ``0.6.7.linux`` -> ``0.6.7.linux+containai.20260127``; ContainAI's published shape
+    ``0.6.7+containai.20260127.linux`` -> the same; epoch and revision kept (see ``ops.deb.version``).
     """
-    from debian.debian_support import Version
-
-    try:
-        parsed = Version(version)
-    except ValueError:
-        raise DebError(f"Version {version!r} is not a valid Debian version", "") from None
-    upstream = parsed.upstream_version or ""
-    if not upstream.endswith(suffix):
-        upstream += suffix
-    text = upstream
-    if parsed.epoch is not None:
-        text = f"{parsed.epoch}:{text}"
-    if parsed.debian_revision is not None:
-        text = f"{text}-{parsed.debian_revision}"
-    Version(text)  # still valid
-    return text
+    return release_version(version, suffix)
 
 
 def _run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -223,33 +175,24 @@ def publish(deb: Path, out: Path) -> tuple[Path, Path]:
 
 
 def clone_packager(url: str, ref: str, dest: Path) -> None:
-    """Shallow-clone the packager at a tag or branch."""
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
-    try:
-        out = _run(
-            ["git", "clone", "--quiet", "--depth", "1", "--branch", ref, "--", url, str(dest)],
-            env=env,
-            timeout=900,
-        )
-    except FileNotFoundError:
-        raise BuildError("git is not installed", "install git") from None
-    except subprocess.TimeoutExpired:
-        raise BuildError(f"cloning {url} took too long", "check the network and the URL") from None
+    """Shallow-clone a packager (``--pkgr-url``) at a tag or branch."""
+    from ops.deb.sources import _git, is_local
+
+    out = _git(["clone", "--quiet", "--depth", "1", "--branch", ref, "--", url, str(dest)], local=is_local(url))
     if out.returncode == 0:
         return
-    err = out.stderr
-    if re.search(r"Remote branch .* not found|Could not find remote branch", err):
-        raise BuildError(f"ref {ref!r} not found in {url}", "give an existing tag or branch with --ref")
-    fatal = [ln for ln in err.splitlines() if ln.startswith("fatal:")]
-    reason = (fatal[0] if fatal else _last_line(err)).removeprefix("fatal: ")
-    raise BuildError(f"cannot fetch the packager from {url} ({reason[:200]})", "check --pkgr-url and the network")
+    if re.search(r"Remote branch .* not found|Could not find remote branch", out.stderr):
+        raise BuildError(f"ref {ref!r} not found in the packager {url}", "give an existing tag or branch with --ref")
+    raise BuildError(f"cannot fetch the packager from {url} ({git_reason(out.stderr)})",
+                     "check --pkgr-url and the network")  # fmt: skip
 
 
-def patch_packager(root: Path) -> list[str]:
-    """Apply the fuse fix to every ``deb/sysbox-*/control`` of a packager checkout."""
+def patch_packager(root: Path, package: str = "sysbox-ce") -> list[str]:
+    """Apply the fuse fix to every ``deb/sysbox-*/control`` of a packager checkout (``deb/<package>`` must exist)."""
+    if not (root / "deb" / package / "control").is_file():
+        raise BuildError(f"the packager has no deb/{package}/control",
+                         "is it Sysbox's packager (sysbox-pkgr)? check --pkgr-url, or the superproject's sysbox-pkgr")
     controls = sorted((root / "deb").glob("sysbox-*/control"))
-    if not controls:
-        raise BuildError("the packager has no deb/sysbox-*/control", "is --pkgr-url a Sysbox packager (sysbox-pkgr)?")
     actions: list[str] = []
     for path in controls:
         rel = path.relative_to(root)
@@ -263,10 +206,10 @@ def patch_packager(root: Path) -> list[str]:
     return actions
 
 
-def run_build(cmd: str, cwd: Path, *, stream: bool, log_path: Path, env: dict[str, str] | None = None) -> None:
-    """Run the packager's build command with ``env`` added to ours; output to the terminal or a log."""
+def run_build(cmd: str, cwd: Path, *, stream: bool, log_path: Path) -> None:
+    """Run the packager's build command in ``cwd``; its output goes to the terminal or to a log."""
     argv = shlex.split(cmd)
-    full_env = dict(os.environ, **(env or {}))
+    full_env = dict(os.environ)
     if not argv:
         raise BuildError("the build command is empty", "use e.g. --build-cmd 'make -C deb generic EDITION=ce'")
     try:
@@ -319,9 +262,19 @@ class BuildResult:
     actions: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Source:
+    """What to build: the Sysbox superproject at a ref, the commits it must contain, an optional packager."""
+
+    url: str
+    ref: str
+    requires: tuple[Requirement, ...] = ()
+    pkgr_url: str = ""  # a packager to use instead of the superproject's sysbox-pkgr submodule
+    pkgr_ref: str = ""
+
+
 def build_sysbox(
-    url: str,
-    ref: str,
+    source: Source,
     suffix: str,
     out: Path,
     *,
@@ -331,27 +284,64 @@ def build_sysbox(
     stream: bool = False,
     log: Log = _quiet,
 ) -> BuildResult:
-    """Clone, patch, build, mark, repack, verify and publish the sysbox-ce package."""
+    """Clone, check, patch, mark, build, re-version, verify and publish the sysbox-ce package."""
     check_suffix(suffix)
     with tempfile.TemporaryDirectory(prefix="cai-pkg-") as tmp:
         work = Path(tmp)
-        checkout = work / "packager"
-        log(f"cloning {url} at {ref}")
-        clone_packager(url, ref, checkout)
-        actions = patch_packager(checkout)
-        for line in actions:
-            log(line)
-        upstream, source = find_upstream_version(checkout, ref)
-        env = build_env(suffix, upstream)
-        if upstream:
-            log(f"upstream Sysbox version {upstream} (from {source})")
+        checkout = work / "sysbox"
+        commit = clone_superproject(source.url, source.ref, checkout, log)
+        log(f"Sysbox {source.ref} is {commit[:12]}")
+        actions = check_required(checkout, source.ref, source.requires, log)
+        if source.pkgr_url:
+            packager = work / PACKAGER
+            log(f"cloning the packager {source.pkgr_url} at {source.pkgr_ref}")
+            clone_packager(source.pkgr_url, source.pkgr_ref, packager)
         else:
-            log(f"upstream Sysbox version unknown (no VERSION file, ref {ref!r}): {VERSION_VARIABLE} is not set")
-        log("building: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + f" {build_cmd}")
-        run_build(build_cmd, checkout, stream=stream, log_path=work / "build.log", env=env)
-        built = find_built_deb(checkout, package)
-        log(f"built {built.relative_to(checkout)}")
-        return _finish(built, work, suffix, out, package, verify, log, actions)
+            packager = checkout / PACKAGER
+        fixes = patch_packager(packager, package)
+        for line in fixes:
+            log(line)
+        marked = mark_version(checkout, suffix)
+        log(f"VERSION {marked.before} -> {marked.after}")
+        link_sources(packager, checkout)
+        check_docker(packager, log)
+        check_sources(packager, checkout)
+        log(f"building: {build_cmd} (in {PACKAGER})")
+        run_build(build_cmd, packager, stream=stream, log_path=work / "build.log")
+        built = find_built_deb(packager, package)
+        log(f"built {built.relative_to(packager)}")
+        return _finish(built, work, suffix, out, package, verify, log, actions + fixes)
+
+
+def build_from_packager(
+    packager: Path,
+    checkout: Path,
+    suffix: str,
+    out: Path,
+    *,
+    build_cmd: str = DEFAULT_BUILD_CMD,
+    package: str = "sysbox-ce",
+    verify: Callable[[Path, DebInfo], list[str]],
+    log: Log = _quiet,
+) -> BuildResult:
+    """Build from a packager checkout whose ``sources/sysbox`` already leads to ``checkout`` (marked VERSION).
+
+    The steps after the link of ``build_sysbox``; the link is checked before the packager's build runs.
+    """
+    check_suffix(suffix)
+    check_docker(packager, log)
+    check_sources(packager, checkout)
+    with tempfile.TemporaryDirectory(prefix="cai-pkg-") as tmp:
+        run_build(build_cmd, packager, stream=False, log_path=Path(tmp) / "build.log")
+        built = find_built_deb(packager, package)
+        return _finish(built, Path(tmp), suffix, out, package, verify, log, [])
+
+
+def requirements(texts: Sequence[str], default: Sequence[Requirement]) -> tuple[Requirement, ...]:
+    """``--require`` values (they replace the pin's list) or the pin's list."""
+    from ops.deb.sources import parse_requirement
+
+    return tuple(parse_requirement(t) for t in texts) if texts else tuple(default)
 
 
 def binary_refusal(src: Path, info: DebInfo, suffix: str) -> tuple[str, str]:

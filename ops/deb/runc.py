@@ -25,8 +25,6 @@ from ops.errors import VersionParseError
 
 RUNC_PATH = "/usr/bin/sysbox-runc"
 PACKAGER_SUFFIX = ".linux"  # the upstream packager's tag on the upstream version (0.6.7.linux-0)
-SUFFIX_VARIABLE = "CONTAINAI_VERSION_SUFFIX"
-VERSION_VARIABLE = "SYSBOX_VERSION"
 
 
 def package_build_version(version: str) -> str:
@@ -74,9 +72,9 @@ def runc_version_violations(package_version: str, output: str) -> list[str]:
     if expected.is_containai and not got.is_containai:
         marker = shown[shown.index("+containai.") :] if "+containai." in shown else ""
         return [
-            f"sysbox-runc reports {got.raw} but the package is {shown}: build with "
-            f"{SUFFIX_VARIABLE}={marker} (inv pkg.build-sysbox sets it; the Sysbox sources' VERSION must "
-            "carry it) so the binary carries the marker and update can tell it is installed"
+            f"sysbox-runc reports {got.raw} but the package is {shown}: the Sysbox sources' VERSION must carry "
+            f"the marker {marker} when the binaries are built (inv pkg.build-sysbox writes it there), so "
+            "update can tell it is installed"
         ]
     return [
         f"sysbox-runc reports {got.raw} but the package is {shown}: the binary and the package Version "
@@ -161,44 +159,3 @@ def check_runc(info: DebInfo) -> tuple[list[str], list[str]]:
         f"cannot run the packaged {arch}sysbox-runc on this machine ({probe.reason}), so its --version was "
         f"not checked; its bytes {found} {expected!r}: run verify-deb on a machine of the package's architecture"
     ]
-
-
-def build_env(suffix: str, upstream: str | None) -> dict[str, str]:
-    """The variables a build runs with so the binaries embed the marker (pure).
-
-    ``CONTAINAI_VERSION_SUFFIX`` always; ``SYSBOX_VERSION`` (``<upstream numbers><suffix>``) when the
-    upstream version is known.
-    """
-    env = {SUFFIX_VARIABLE: suffix}
-    if upstream:
-        env[VERSION_VARIABLE] = f"{upstream}{suffix}"
-    return env
-
-
-def upstream_numbers(text: str) -> str | None:
-    """The numeric upstream version in a VERSION file or a tag (``v0.6.7`` -> ``0.6.7``), else None."""
-    from ops.versions import parse_version
-
-    first = (text.strip().splitlines() or [""])[0].strip()
-    if not first:
-        return None
-    try:
-        parsed = parse_version(first)
-    except VersionParseError:
-        return None
-    return ".".join(str(n) for n in parsed.numbers)
-
-
-def find_upstream_version(checkout: Path, ref: str) -> tuple[str | None, str]:
-    """The upstream Sysbox version a packager checkout builds, and where it was read.
-
-    Looked for in ``VERSION``, then ``sources/sysbox/VERSION``, then the packager ref (``v0.6.7``).
-    """
-    for rel in ("VERSION", "sources/sysbox/VERSION"):
-        path = checkout / rel
-        if path.is_file():
-            found = upstream_numbers(path.read_text(encoding="utf-8", errors="replace"))
-            if found:
-                return found, rel
-    found = upstream_numbers(ref)
-    return (found, f"the ref {ref}") if found else (None, "")

@@ -20,6 +20,8 @@ from pathlib import Path
 from ops.deb.control import FUSE, FUSE3, alternative_names, is_plain_fuse3, names_fuse, split_clauses
 from ops.deb.errors import DebError
 from ops.deb.inspect import DebInfo, deb_file_name, host_architecture
+from ops.deb.version import MARKER_RE, release_version, sorts_above_upstream
+from ops.errors import VersionParseError
 
 PACKAGE = "sysbox-ce"
 DEFAULT_MARKER = "+containai."
@@ -67,15 +69,36 @@ def version_violations(version: str, marker: str) -> list[str]:
     if base is None:
         return [
             f"Version {version} carries no build marker {marker!r} in its upstream part "
-            f"(expected e.g. 0.6.7.linux{marker}YYYYMMDD-0)"
+            f"(expected e.g. 0.7.0.linux{marker}YYYYMMDD)"
         ]
     found: list[str] = []
     upstream = Version(version).upstream_version or ""
     if upstream.endswith(marker) and marker.endswith("."):
         found.append(f"Version {version}: the build marker {marker!r} is not followed by a build stamp")
+        return found
     if not Version(version) > Version(base):
         found.append(f"Version {version} does not sort above the upstream version {base} (dpkg ordering)")
+        return found
+    try:
+        above, upstream_pkg = sorts_above_upstream(version)
+    except VersionParseError:
+        return found
+    if not above:
+        found.append(
+            f"Version {version} sorts below upstream's package {upstream_pkg} (dpkg ordering: '+' sorts before "
+            f"'.'), so installing it over upstream would be a downgrade: put the marker after the packager's "
+            f".linux ({marked_version_hint(version)})"
+        )
     return found
+
+
+def marked_version_hint(version: str) -> str:
+    """The Version a package should have carried (``0.6.7+containai.D.linux`` -> ``0.6.7.linux+containai.D``)."""
+    match = MARKER_RE.search(version)
+    try:
+        return release_version(version, match.group(0)) if match else version
+    except DebError:
+        return version
 
 
 def depends_violations(depends: str) -> list[str]:

@@ -1,9 +1,10 @@
-"""Bundles for lab hosts, made offline: a sysbox-ce .deb built from the packaging fixture (with the
+"""Bundles for lab hosts, made offline: a sysbox-ce .deb built from the Sysbox sources fixture (with the
 fuse3 edit and the ContainAI marker, as the real build leaves it) and a Docker-static-shaped dockerd
 tarball made from the Debian docker.io binaries inside a lab host, each with its ``.sha256``.
 
-The packaging fixture lives in the repository (``tests/fixtures/packager``), so bundles are made from a
-checkout of containai-ops, not from an installed wheel.
+The Sysbox sources fixture lives in the repository (``tests/fixtures/sysbox``: the superproject and its
+components laid out as upstream's), so bundles are made from a checkout of containai-ops, not from an
+installed wheel.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from ops.lab import NEW_DOCKERD, NEW_SYSBOX
 from ops.lab.engine import LAB_ROOT
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGER = REPO / "tests" / "fixtures" / "packager"
+FIXTURE = REPO / "tests" / "fixtures" / "sysbox"
+PACKAGER = FIXTURE / "sysbox-pkgr"
 CACHE = LAB_ROOT / "cache" / "update"
 
 
@@ -47,40 +49,44 @@ def write_sha256(path: Path) -> Path:
 
 
 def build_sysbox_deb(version: str, out_dir: Path, extra_depends: str = "") -> Path:
-    """Build a sysbox-ce .deb of ``version`` from the packaging fixture into ``out_dir``, fuse replaced
+    """Build a sysbox-ce .deb of ``version`` from the Sysbox sources fixture into ``out_dir``, fuse replaced
     by fuse3 as the real build patches it, with its .sha256 beside it. ``extra_depends`` adds a
     dependency (e.g. one apt cannot resolve, to make an install fail)."""
     if not (PACKAGER / "deb" / "sysbox-ce" / "control").is_file():
         raise OpsError(f"the packaging fixture is not at {PACKAGER}",
                        "run this from a checkout of containai-ops (the fixture is part of its tests)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = out_dir / f".pkgr-{version}"
+    work = out_dir / f".sysbox-{version}"
     shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(PACKAGER, work)
+    # the superproject with its components as plain folders, and the packager's sources/sysbox linked
+    # to it as upstream's `make sysbox-ce-repo PATH` does
+    shutil.copytree(FIXTURE / "sysbox", work)
+    for name in ("sysbox-fs", "sysbox-runc", "sysbox-mgr", "sysbox-pkgr"):
+        shutil.copytree(FIXTURE / name, work / name)
+    (work / "sysbox-pkgr" / "sources").mkdir()
+    (work / "sysbox-pkgr" / "sources" / "sysbox").symlink_to(work.resolve())
     try:
-        control = work / "deb" / "sysbox-ce" / "control"
+        control = work / "sysbox-pkgr" / "deb" / "sysbox-ce" / "control"
         text = control.read_text()
         if "         fuse,\n" not in text:
             raise OpsError(f"the packaging fixture's control changed shape ({control})",
                            "update ops/lab/bundle.py to the fixture's new Depends layout")
         fuse3 = "         fuse3,\n" + (f"         {extra_depends},\n" if extra_depends else "")
         control.write_text(text.replace("         fuse,\n", fuse3))
-        upstream, _, suffix = version.partition("+")
-        (work / "VERSION").write_text(upstream + "\n")
-        # the binaries print VERSION; the package Version carries the ContainAI marker, as the
-        # toolkit's build leaves it (make variables given on the command line override the Makefile's)
+        # the binaries print VERSION (the marker is written there, as the toolkit's build does); the
+        # package is named <version>-0 (DEB_VERSION replaces the version the changelog script derives)
+        (work / "VERSION").write_text(version + "\n")
         made = subprocess.run(
-            ["make", "-s", "-C", str(work / "deb"), "generic", "EDITION=ce", f"VERSION={version}",
-             f"CONTAINAI_VERSION_SUFFIX={'+' + suffix if suffix else ''}", f"DEB_VERSION={version}-0"],
-            capture_output=True, text=True)
+            ["make", "-s", "-C", str(work / "sysbox-pkgr" / "deb"), "generic", "EDITION=ce"],
+            capture_output=True, text=True, env={**os.environ, "DEB_VERSION": f"{version}-0"})
         if made.returncode != 0:
             tail = (made.stderr or made.stdout).strip().splitlines()[-1:] or ["no output"]
             raise OpsError(f"building the fixture's sysbox-ce {version} failed: {tail[0]}",
                            "check that make, dpkg-deb and fakeroot are installed (./bootstrap.sh deps)")
-        built = list((work / "deb" / "build").glob("*/*/sysbox-ce_*.deb"))
+        built = list((work / "sysbox-pkgr" / "deb" / "build").glob("*/*/sysbox-ce_*.deb"))
         if len(built) != 1:
             raise OpsError(f"the fixture build left {len(built)} sysbox-ce .deb files, expected one",
-                           f"look into {work / 'deb' / 'build'}")
+                           f"look into {work / 'sysbox-pkgr' / 'deb' / 'build'}")
         dest = out_dir / built[0].name
         part = dest.with_name(dest.name + ".part")
         shutil.copyfile(built[0], part)

@@ -48,33 +48,52 @@ def _suffix(version_suffix: str) -> str:
 
 @task(
     help={
-        "pkgr_url": "git URL of the Sysbox packager (default: packaging/sysbox-pkgr.toml)",
-        "ref": "tag or branch of the packager to build (default: packaging/sysbox-pkgr.toml)",
-        "version_suffix": "marker appended to the upstream version (default: +containai.<UTC YYYYMMDD>)",
+        "sysbox_url": "git URL of the Sysbox superproject (default: packaging/sysbox.toml)",
+        "sysbox_ref": "tag, branch or commit of the Sysbox superproject to build (default: packaging/sysbox.toml)",
+        "require": "SUBMODULE:COMMIT that the build must contain (repeatable; replaces the pin's list)",
+        "version_suffix": "marker written into the sources' VERSION (default: +containai.<UTC YYYYMMDD>)",
         "out": "folder that receives the .deb and its .sha256 (default: dist)",
-        "build_cmd": "build command run in the packager checkout (default: make -C deb generic EDITION=ce); "
-        "it runs with CONTAINAI_VERSION_SUFFIX and SYSBOX_VERSION set",
+        "pkgr_url": "git URL of a packager to use instead of the superproject's sysbox-pkgr (with --ref)",
+        "ref": "tag or branch of the --pkgr-url packager",
+        "build_cmd": "build command run in the packager (default: make -C deb generic EDITION=ce)",
         "install_check": "also simulate apt installs of the result (clean host, host with fuse 2)",
-    }
+    },
+    iterable=["require"],
 )
 @cli_errors
 def build_sysbox(
     ctx: Any,
-    pkgr_url: str = "",
-    ref: str = "",
+    sysbox_url: str = "",
+    sysbox_ref: str = "",
+    require: list[str] | None = None,
     version_suffix: str = "",
     out: str = "dist",
+    pkgr_url: str = "",
+    ref: str = "",
     build_cmd: str = "",
     install_check: bool = False,
 ) -> None:
-    """Build the sysbox-ce .deb (fuse3 dependency, marker in Version and binaries), verify it, write it to --out."""
-    from ops.deb.build import PackagerPin, build_sysbox, load_pin
+    """Build the sysbox-ce .deb from the Sysbox sources (required fixes checked, fuse3, marker), verify it."""
+    from ops.deb.build import Source, build_sysbox, requirements
+    from ops.deb.sources import load_pin
+    from ops.errors import ConfigError
 
-    pin = load_pin() if not (pkgr_url and ref and build_cmd) else PackagerPin(pkgr_url, ref, build_cmd)
+    if ref and not pkgr_url:
+        raise ConfigError("--ref names the ref of a --pkgr-url packager",
+                          "give --pkgr-url too, or use --sysbox-ref for the Sysbox sources")  # fmt: skip
+    if pkgr_url and not ref:
+        raise ConfigError("--pkgr-url needs --ref (the packager's tag or branch)", "e.g. --ref main")
+    pin = load_pin()
+    source = Source(
+        url=sysbox_url or pin.url,
+        ref=sysbox_ref or pin.ref,
+        requires=requirements(require or [], pin.requires),
+        pkgr_url=pkgr_url,
+        pkgr_ref=ref,
+    )
     suffix = _suffix(version_suffix)
     result = build_sysbox(
-        pkgr_url or pin.url,
-        ref or pin.ref,
+        source,
         suffix,
         Path(out),
         build_cmd=build_cmd or pin.build_cmd,

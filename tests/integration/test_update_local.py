@@ -19,14 +19,13 @@ from _cli import inv
 
 from ops.config import CaiConfig
 from ops.errors import OpsError
-from ops.lab.bundle import write_sha256
+from ops.lab.bundle import build_sysbox_deb, write_sha256
 from ops.update import journal as jr
 from ops.update.apply import install_dockerd, start_containers, stop_containers
 from ops.update.hostio import Host
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGER = ROOT / "tests" / "fixtures" / "packager"
 
 
 def fake_bundle(path: Path, version: str, members: tuple[str, ...] = ("dockerd", "docker", "runc")) -> Path:
@@ -160,13 +159,7 @@ def test_inv_update_local_bad_input_and_no_systemd(tmp_path: Path) -> None:
     # a bundle with the fixture .deb and a tarball: this machine's PID 1 is not systemd -> refused, exit 1
     bundle = tmp_path / "bundle"
     fake_bundle(bundle, "27.3.1")
-    work = tmp_path / "pkgr"
-    subprocess.run(["cp", "-r", str(PACKAGER), str(work)], check=True)
-    subprocess.run(["make", "-s", "-C", str(work / "deb"), "generic", "EDITION=ce",
-                    "VERSION=0.6.7+containai.20260101"], check=True, capture_output=True)
-    deb = next((work / "deb" / "build").glob("*/*/sysbox-ce_*.deb"))
-    (bundle / deb.name).write_bytes(deb.read_bytes())
-    write_sha256(bundle / deb.name)
+    build_sysbox_deb("0.6.7+containai.20260101", bundle)
     env["INVOKE_CAI_BUNDLE_DIR"] = str(bundle)
     r = inv("update", "--dry-run", env={**env, "INVOKE_CAI_PLATFORM": "wsl2"})
     assert r.returncode == 1, r.stdout + r.stderr
