@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import sys
 from typing import Any
 
@@ -11,17 +14,22 @@ from invoke.exceptions import Exit
 
 from ops.tasks._common import cfg, cli_errors, targets_of
 
+#: Finding codes that ``--fix`` knows how to fix (by the ownership repair of all managed volumes).
+FIXABLE = ("ownership.damaged",)
+
 
 @task(
     iterable=["target"],
     help={
-        "json": "print the findings as JSON ({\"schema\": 1, ...}) instead of a table",
-        "fix": "apply safe fixes (ownership repair of all managed volumes) after checking",
+        "json": "print one JSON document ({\"schema\": 1, ...}) instead of a table; --fix results go inside it",
+        "fix": "apply safe fixes (ownership repair of all managed volumes) after checking, then check again "
+               "(local host only)",
         "target": "target to check: local, lima:<vm> or ssh://user@host:port (repeatable)",
-        "repair": "run the ownership repair instead of the checks (same as inv repair)",
-        "all": "with --repair: repair the volumes of all managed containers",
+        "repair": "run the ownership repair instead of the checks (same as inv repair; default scope: all "
+                  "managed containers; local host only)",
+        "all": "with --repair: repair the volumes of all managed containers (the default)",
         "container": "with --repair: repair only this managed container's volumes",
-        "dry_run": "with --repair: say what would change, change nothing",
+        "dry_run": "with --repair or --fix: say what would change, change nothing",
         "uid": "with --repair: owner uid to restore (default: detected per container)",
         "gid": "with --repair: owner gid to restore (default: detected per container)",
     },
@@ -41,36 +49,96 @@ def doctor(
 ) -> None:
     """Check ContainAI hosts: platform, engine, containers, Sysbox, dockerd bundle, units, ownership."""
     conf = cfg(c)
+    targets = targets_of(conf, target)
     if repair:
+        # the platform comes first: "not supported" (exit 0) before any flag or target is judged
+        message = repair_unsupported(conf)
+        if message:
+            print(message)
+            return
+        refuse_remote(targets, "--repair")
         from ops.tasks.repair import run_repair
 
-        code = run_repair(c, all=all, container=container or None, dry_run=dry_run,
+        # no scope flag means all managed containers; --container narrows it
+        code = run_repair(c, all=all or not container, container=container or None, dry_run=dry_run,
                           uid=None if uid < 0 else uid, gid=None if gid < 0 else gid)
         if code:
             raise Exit(code=code)
         return
+    if fix:
+        refuse_remote(targets, "--fix")
     from ops.doctor import run_doctor
     from ops.findings import has_error, to_document
 
-    reports = run_doctor(targets_of(conf, target), conf, c)
+    reports = run_doctor(targets, conf, c)
+    if not json_:
+        render_text(reports)
+    fix_result: dict[str, Any] | None = None
+    if fix:
+        fixable = sorted({f.code for r in reports for f in r.findings if f.code in FIXABLE})
+        fix_result = apply_fixes(c, fixable, dry_run, capture=json_)
+        if fixable and not dry_run:  # apply, then check again: the findings are the state after the fix
+            reports = run_doctor(targets, conf, c)
+            if not json_:
+                print("after --fix:", file=sys.stderr)
+                render_text(reports)
     findings = [f for r in reports for f in r.findings]
     if json_:
-        print(json.dumps(to_document(findings, [r.summary() for r in reports]), indent=2))
-    else:
-        render_text(reports)
-    if fix:
-        fixable = [f for f in findings if f.code == "ownership.damaged"]
-        if fixable:
-            from ops.tasks.repair import run_repair
-
-            code = run_repair(c, all=True, container=None, dry_run=dry_run, uid=None, gid=None)
-            if code:
-                raise Exit(code=code)
-            findings = [f for f in findings if f.code != "ownership.damaged"]
-        elif not json_:
-            print("nothing to fix automatically", file=sys.stderr)
+        doc = to_document(findings, [r.summary() for r in reports])
+        if fix_result is not None:
+            doc["fix"] = fix_result
+        print(json.dumps(doc, indent=2))
+    if fix_result is not None and fix_result["exit_code"]:
+        raise Exit(code=int(fix_result["exit_code"]))
     if has_error(findings):
         raise Exit(code=1)
+
+
+def repair_unsupported(conf: Any) -> str:
+    """The repair module's "not supported here" message (macOS, a container without the data root)."""
+    from ops.repair import core
+
+    return str(core.unsupported_message(conf.platform, os.uname().sysname, core.in_container(),
+                                        core.data_root_visible(conf.data_root)))
+
+
+def refuse_remote(targets: list[str], flag: str) -> None:
+    """Repair and fixes run on the local host only: any other target is refused (never silently replaced
+    by the local host)."""
+    from ops.errors import TargetError
+    from ops.targets import parse_target
+
+    remote = [t for t in targets if parse_target(t).remote]
+    if remote:
+        raise TargetError(f"{flag} acts on the local host only and does not run on {', '.join(remote)}",
+                          f"run `inv doctor {flag}` on that host itself, or drop --target")
+
+
+def apply_fixes(c: Any, fixable: list[str], dry_run: bool, capture: bool) -> dict[str, Any]:
+    """Run the fixes for the fixable finding codes; return what happened (for JSON and the exit code).
+
+    With ``capture`` the repair's output is collected into the result instead of stdout (``--json``
+    prints one JSON document and nothing else on stdout); its warnings still go to stderr.
+    """
+    result: dict[str, Any] = {"fixable": fixable, "dry_run": dry_run, "ran": bool(fixable), "exit_code": 0,
+                              "output": [], "error": None}
+    if not fixable:
+        if not capture:
+            print("nothing to fix automatically", file=sys.stderr)
+        return result
+    from ops.errors import OpsError
+    from ops.tasks.repair import run_repair
+
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out) if capture else contextlib.nullcontext():
+            result["exit_code"] = run_repair(c, all=True, container=None, dry_run=dry_run, uid=None, gid=None)
+    except OpsError as exc:
+        if not capture:
+            raise
+        result["exit_code"], result["error"] = exc.exit_code or 1, exc.line()
+    result["output"] = out.getvalue().splitlines()
+    return result
 
 
 def render_text(reports: list[Any]) -> None:
