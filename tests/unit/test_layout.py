@@ -1,0 +1,151 @@
+"""Host layouts: the pure parser and decision over goldens of the layout probe, captured on lab hosts in
+the states the ContainAI installer leaves (and in the broken states a user can reach)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ops import layout as lay
+from ops.config import CaiConfig
+from ops.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+GOLDEN = Path(__file__).parent / "golden" / "layout"
+
+
+def facts(name: str) -> lay.LayoutFacts:
+    return lay.parse_probe((GOLDEN / f"{name}.txt").read_text())
+
+
+def test_the_installers_linux_host_is_the_containai_layout() -> None:
+    f = facts("containai-installer")
+    got = lay.decide(f, "lima:h")
+    assert got.name == "containai" and not got.forced
+    assert (got.engine_unit, got.socket, got.daemon_json) == (
+        "containai-docker.service", "/var/run/containai-docker.sock", "/etc/containai/docker/daemon.json")
+    assert got.docker_host == "unix:///var/run/containai-docker.sock"
+    assert got.data_root == "/var/lib/containai-docker"  # the engine's DockerRootDir
+    assert got.bundle and f.bundle_version == "20.10.24"
+    assert set(f.bundle_links) == set(lay.BUNDLE_BINARIES)
+    assert (got.bridge, got.bridge_address, got.bridge_present) == ("cai0", "172.30.0.1/16", True)
+    assert got.bridge_addresses == ("172.30.0.1/16",)
+    assert got.default_runtime == got.observed_default_runtime == "sysbox-runc"
+    assert "sysbox-runc" in got.runtimes
+    assert got.engine_state == "active" and got.engine_answered
+    assert got.installer_unit  # ExecStopPre= in the unit: written by the bash installer
+    assert got.uses_bundle and got.stop_hook_part_of[0] == "containai-docker.service"
+    assert lay.bridge_conflict(got, f) == ""
+
+
+def test_the_macos_vm_is_the_lima_vm_layout() -> None:
+    for name in ("lima-vm", "lima-vm-managed-container"):
+        f = facts(name)
+        got = lay.decide(f, "lima:vm")
+        assert got.name == "lima-vm", name
+        assert (got.engine_unit, got.socket, got.daemon_json, got.data_root) == (
+            "docker.service", "/var/run/docker.sock", "/etc/docker/daemon.json", "/var/lib/docker")
+        assert got.companion_units == ("containerd.service",)
+        assert not got.bundle and not got.uses_bundle
+        assert got.default_runtime == got.observed_default_runtime == "runc"
+        assert "sysbox-runc" in got.runtimes
+        assert (got.bridge, got.bridge_address, got.bridge_present) == ("docker0", "", True)
+        assert got.bridge_addresses == ("172.20.0.1/16",)  # the sysbox-ce postinst's bip
+        assert not got.installer_unit
+        assert got.stop_hook_part_of[0] == "docker.service"
+        assert lay.bridge_conflict(got, f) == ""
+    assert facts("lima-vm-managed-container").engine("/var/run/docker.sock").managed == 1
+
+
+def test_the_labs_older_install_is_containai_without_bundle_or_bridge() -> None:
+    got = lay.decide(facts("lab-older-install"), "lima:old")
+    assert got.name == "containai"
+    assert not got.bundle and got.bridge == "" and got.bridge_address == ""
+    assert not got.installer_unit
+    assert got.observed_default_runtime == "runc"
+
+
+def test_both_engines_holding_managed_containers_is_refused_unless_forced() -> None:
+    f = facts("both-engines")
+    with pytest.raises(lay.LayoutError) as err:
+        lay.decide(f, "lima:vm")
+    line = err.value.line()
+    assert line.startswith("lima:vm has both engines") and "1 managed container" in line
+    assert "cai.layout" in line and "\n" not in line
+    assert lay.decide(f, "lima:vm", "lima-vm").name == "lima-vm"
+    forced = lay.decide(f, "lima:vm", "containai")
+    assert forced.name == "containai" and forced.forced
+
+
+def test_a_host_with_neither_engine_matches_no_layout() -> None:
+    with pytest.raises(lay.LayoutError) as err:
+        lay.decide(facts("docker-without-sysbox"), "ssh://h:22")
+    assert err.value.line().startswith("ssh://h:22 matches no host layout: docker.service exists but has no "
+                                       "sysbox-runc runtime")
+    empty = lay.parse_probe("load:containai-docker.service=not-found\nload:docker.service=not-found\n")
+    with pytest.raises(lay.LayoutError, match="neither containai-docker.service nor"):
+        lay.decide(empty, "local")
+
+
+def test_an_invalid_or_unreadable_daemon_json_is_one_clear_error() -> None:
+    with pytest.raises(lay.LayoutError) as err:
+        lay.decide(facts("containai-daemon-json-invalid"), "lima:h")
+    assert err.value.line().startswith("lima:h: /etc/containai/docker/daemon.json is not valid JSON (line 3")
+    text = (GOLDEN / "lima-vm.txt").read_text()
+    lines = [("file:/etc/docker/daemon.json=unreadable" if line.startswith("file:/etc/docker/daemon.json=")
+              else line) for line in text.splitlines()]
+    unreadable = lay.parse_probe("\n".join(lines))
+    assert unreadable.unreadable == ("/etc/docker/daemon.json",)
+    with pytest.raises(lay.LayoutError, match="exists but cannot be read; nothing was changed"):
+        lay.decide(unreadable, "lima:vm")
+
+
+def test_a_bridge_address_that_overlaps_another_interface_is_a_conflict() -> None:
+    f = facts("containai-address-conflict")
+    got = lay.decide(f, "lima:h")
+    assert lay.bridge_conflict(got, f) == "the bridge cai0 needs 172.30.0.1/16, which overlaps 172.30.5.1/24 on lo"
+
+
+def test_a_bridge_with_another_address_is_reported() -> None:
+    f = facts("containai-installer")
+    moved = lay.parse_probe((GOLDEN / "containai-installer.txt").read_text().replace(
+        "inet 172.30.0.1/16 scope global cai0", "inet 172.31.0.1/16 scope global cai0"))
+    got = lay.decide(moved, "h")
+    assert lay.bridge_conflict(got, moved) == "the bridge cai0 carries 172.31.0.1/16 instead of 172.30.0.1/16"
+    assert lay.bridge_conflict(lay.decide(f, "h"), f) == ""
+
+
+def test_forced_layout_names_are_checked() -> None:
+    with pytest.raises(lay.LayoutError, match="cai.layout 'vm' is not one of containai, lima-vm"):
+        lay.decide(facts("lima-vm"), "h", "vm")
+    with pytest.raises(ConfigError, match="cai.layout 'vm' is not one of"):
+        CaiConfig.from_mapping({"layout": "vm"})
+    assert CaiConfig.from_mapping({"layout": " LIMA-VM "}).layout == "lima-vm"
+    assert CaiConfig.from_mapping({}).layout == ""
+
+
+def test_conf_for_points_the_engine_code_at_the_layouts_engine() -> None:
+    got = lay.conf_for(CaiConfig.from_mapping({}), lay.decide(facts("lima-vm"), "h"))
+    assert (got.docker_host, got.data_root) == ("unix:///var/run/docker.sock", "/var/lib/docker")
+
+
+def test_daemon_defaults_add_the_installers_keys_and_keep_the_hosts_values() -> None:
+    assert lay.daemon_defaults({}) == {"bridge": "cai0", "default-runtime": "sysbox-runc"}
+    assert lay.daemon_defaults({"bip": "10.1.0.1/16"}) == {"default-runtime": "sysbox-runc"}  # bip excludes bridge
+    assert lay.daemon_defaults({"bridge": "none", "default-runtime": "runc"}) == {}
+
+
+def test_unit_values_name_the_bridge_the_unit_creates() -> None:
+    assert lay.unit_values('{"bridge": "cai0"}') == {"BRIDGE": "cai0", "BRIDGE_ADDRESS": "172.30.0.1/16"}
+    for text in ('{"bridge": "none"}', "{}", '{"bridge": "docker0"}', ""):
+        assert lay.unit_values(text) == {"BRIDGE": "", "BRIDGE_ADDRESS": ""}, text
+    with pytest.raises(lay.LayoutError, match="not a network interface name"):
+        lay.unit_values('{"bridge": "cai0; rm -rf /"}')
+
+
+def test_the_probe_is_posix_shell() -> None:
+    out = subprocess.run(["sh", "-n", "-c", lay.probe_command()], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
