@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ops.deb.build import check_suffix, default_suffix, marked_version, parse_pin
+from ops.deb.build import check_suffix, default_suffix, marked_version, requirements
 from ops.deb.control import (
     alternative_names,
     binary_fields,
@@ -21,11 +21,16 @@ from ops.deb.control import (
 from ops.deb.errors import BuildError, ControlError
 from ops.deb.inspect import DebInfo, deb_file_name, normalize_member
 from ops.deb.runc import (
-    build_env,
-    find_upstream_version,
     package_build_version,
     runc_version_violations,
-    upstream_numbers,
+)
+from ops.deb.sources import (
+    Requirement,
+    git_reason,
+    parse_pin,
+    parse_requirement,
+    submodule_failure,
+    uses_docker,
 )
 from ops.deb.verify import (
     REQUIRED_FILES,
@@ -64,6 +69,7 @@ def test_golden_shapes_are_there() -> None:
         "fuse-absent",
         "both",
         "comment-trailing-comma",
+        "sysbox-pkgr-real",
     } <= set(SHAPES)
 
 
@@ -90,6 +96,18 @@ def test_golden_result_has_no_fuse_clause(shape: str) -> None:
     text = fix_fuse_depends(_read(GOLDEN / f"{shape}.control")).text
     depends = binary_fields(text)["Depends"]
     assert not any(names_fuse(c) for c in split_clauses(depends))
+
+
+def test_real_sysbox_pkgr_control_keeps_every_other_byte() -> None:
+    """nestybox/sysbox-pkgr's deb/sysbox-ce/control, byte for byte: folded Depends, no final newline."""
+    source = (GOLDEN / "sysbox-pkgr-real.control").read_bytes()
+    assert source.startswith(b"Source: sysbox-ce\nSection: admin\n") and not source.endswith(b"\n")
+    assert b"Depends: ${shlibs:Depends},\n         ${misc:Depends},\n" in source
+    out = fix_fuse_depends(source.decode()).text.encode()
+    assert out == source.replace(b"         fuse,\n", b"         fuse3,\n", 1)
+    # the fixture's packager carries the same bytes, so the builds patch the real shape
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "sysbox" / "sysbox-pkgr" / "deb" / "sysbox-ce"
+    assert (fixture / "control").read_bytes() == source
 
 
 def test_upstream_shape_keeps_every_other_byte() -> None:
@@ -236,13 +254,17 @@ def test_properties(items: list[str], folded: bool, indent: int, final_newline: 
         ("1:0.6.7-1ubuntu2", "1:0.6.7+containai.20260127-1ubuntu2"),
         ("0.6.7-0.linux", "0.6.7+containai.20260127-0.linux"),
         ("0.6.7.linux+containai.20260127-0", "0.6.7.linux+containai.20260127-0"),
+        # ContainAI's published shape (marker before .linux) is re-versioned: the marker goes last
+        ("0.6.7+containai.20260127.linux", "0.6.7.linux+containai.20260127"),
+        ("0.6.7+containai.20250101.linux", "0.6.7.linux+containai.20260127"),
     ],
 )
 def test_marked_version(version: str, marked: str) -> None:
     from debian.debian_support import Version
 
     assert marked_version(version, "+containai.20260127") == marked
-    assert Version(marked) >= Version(version)
+    assert marked_version(marked, "+containai.20260127") == marked  # idempotent
+    assert Version(marked) >= Version(version.replace("+containai.20260127", "").replace("+containai.20250101", ""))
 
 
 def test_marked_sorts_above_upstream_and_later_rebuild_above_earlier() -> None:
@@ -275,6 +297,12 @@ def test_version_violations() -> None:
     assert "not followed by a build stamp" in version_violations("0.6.7+containai.-0", "+containai.")[0]
     assert "not a valid Debian version" in version_violations("not a version!", "+containai.")[0]
     assert version_violations("", "+containai.") == ["the package has no Version field"]
+    (line,) = version_violations("0.6.7+containai.20260127.linux", "+containai.")
+    assert line == (
+        "Version 0.6.7+containai.20260127.linux sorts below upstream's package 0.6.7.linux (dpkg ordering: '+' "
+        "sorts before '.'), so installing it over upstream would be a downgrade: put the marker after the "
+        "packager's .linux (0.6.7.linux+containai.20260127)"
+    )
 
 
 # --- verify: fields ----------------------------------------------------------------------------------
@@ -457,22 +485,81 @@ def test_as_installed() -> None:
     assert "Depends: libfuse2 (= 2.9.9-6+b1), adduser" in out
 
 
-# --- packager pin --------------------------------------------------------------------------------------
+# --- the pin of the Sysbox sources ----------------------------------------------------------------------
 
 
 def test_pin_file_of_the_repository() -> None:
-    text = (Path(__file__).resolve().parents[2] / "packaging" / "sysbox-pkgr.toml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "packaging" / "sysbox.toml").read_text()
     pin = parse_pin(text)
-    assert pin.url == "https://github.com/nestybox/sysbox-pkgr"
-    assert pin.ref
+    assert pin.url == "https://github.com/nestybox/sysbox"
+    assert pin.ref == "v0.7.0"
     assert pin.build_cmd == "make -C deb generic EDITION=ce"
+    (req,) = pin.requires
+    assert (req.submodule, req.commit) == ("sysbox-fs", "1302a6f3fbe04f9c10488fe8c4195a504980cf6f")
+    assert "openat2" in req.why
+    assert not (Path(__file__).resolve().parents[2] / "packaging" / "__init__.py").exists()
 
 
 def test_pin_errors() -> None:
-    with pytest.raises(BuildError):
-        parse_pin("url = ")
-    with pytest.raises(BuildError):
-        parse_pin('url = "x"\n')
+    for text in ("url = ", 'url = "x"\n', 'url = "x"\nref = "y"\n[[require]]\nsubmodule = "fs"\ncommit = "zz"\n',
+                 "not toml ="):
+        with pytest.raises(BuildError):
+            parse_pin(text)
+
+
+@pytest.mark.parametrize(
+    "text, parsed",
+    [
+        ("sysbox-fs:1302a6f", ("sysbox-fs", "1302a6f")),
+        ("sysbox-fs:1302A6F3FBE04F9C10488FE8C4195A504980CF6F",
+         ("sysbox-fs", "1302a6f3fbe04f9c10488fe8c4195a504980cf6f")),
+        (" sysbox-runc : abcdef0 ", ("sysbox-runc", "abcdef0")),
+    ],
+)
+def test_parse_requirement(text: str, parsed: tuple[str, str]) -> None:
+    req = parse_requirement(text)
+    assert (req.submodule, req.commit) == parsed
+
+
+@pytest.mark.parametrize("text", ["sysbox-fs", "sysbox-fs:", ":1302a6f", "sysbox-fs:123", "sysbox-fs:master",
+                                  "a b:1302a6f", "sysbox-fs:1302a6f3fbe04f9c10488fe8c4195a504980cf6f0"])
+def test_parse_requirement_rejects(text: str) -> None:
+    with pytest.raises(BuildError) as info:
+        parse_requirement(text)
+    assert "is not SUBMODULE:COMMIT" in info.value.line() and "\n" not in info.value.line()
+
+
+def test_requirements_replace_the_pin_list() -> None:
+    pinned = (Requirement("sysbox-fs", "1302a6f", "openat2"),)
+    assert requirements([], pinned) == pinned
+    assert requirements(["sysbox-runc:abcdef0", "sysbox-fs:1234567"], pinned) == (
+        Requirement("sysbox-runc", "abcdef0"), Requirement("sysbox-fs", "1234567"))
+
+
+@pytest.mark.parametrize(
+    "makefile, uses",
+    [
+        ("CHOWN:=docker run --rm -v $(CURDIR):/v alpine chown\n", True),  # upstream's deb/Makefile
+        ("DOCKER_BUILD=docker build \\\n\t--build-arg x\n", True),
+        ("generic:\n\tdocker buildx build .\n", True),
+        ("# docker run is not used here\ngeneric:\n\t./build-deb\n", False),
+        ("generic:\n\techo dockerfile\n", False),
+        ("", False),
+    ],
+)
+def test_uses_docker(makefile: str, uses: bool) -> None:
+    assert uses_docker(makefile) is uses
+
+
+def test_git_reason_and_submodule_failure() -> None:
+    err = ("Cloning into '/w/sysbox/sysbox-fs'...\nfatal: '/x/sysbox-nope.git' does not appear to be a git repository\n"
+           "fatal: Could not read from remote repository.\n"
+           "fatal: clone of '/x/sysbox-nope.git' into submodule path '/w/sysbox/sysbox-fs' failed\n"
+           "Failed to clone 'sysbox-fs'. Retry scheduled\n")
+    assert git_reason(err) == "'/x/sysbox-nope.git' does not appear to be a git repository"
+    assert submodule_failure(err) == "/w/sysbox/sysbox-fs"
+    assert submodule_failure("Failed to clone 'sysbox-fs' a second time, aborting\n") == "sysbox-fs"
+    assert git_reason("") == "no output"
 
 
 # --- the version the packaged sysbox-runc reports ----------------------------------------------------
@@ -501,11 +588,11 @@ def test_runc_version_matches_the_package() -> None:
 
 def test_runc_without_the_marker_is_a_violation_that_says_how_to_build() -> None:
     (line,) = runc_version_violations("0.6.7.linux+containai.20260127-0", RUNC_OUT.format("0.6.7"))
-    assert line.startswith(
-        "sysbox-runc reports 0.6.7 but the package is 0.6.7.linux+containai.20260127: "
-        "build with CONTAINAI_VERSION_SUFFIX=+containai.20260127"
+    assert line == (
+        "sysbox-runc reports 0.6.7 but the package is 0.6.7.linux+containai.20260127: the Sysbox sources' VERSION "
+        "must carry the marker +containai.20260127 when the binaries are built (inv pkg.build-sysbox writes it "
+        "there), so update can tell it is installed"
     )
-    assert line.endswith("so the binary carries the marker and update can tell it is installed")
 
 
 @pytest.mark.parametrize(
@@ -525,32 +612,6 @@ def test_runc_of_another_build_is_a_violation(package: str, reported: str) -> No
 def test_runc_without_a_version_line_is_a_violation() -> None:
     (line,) = runc_version_violations("0.6.7.linux+containai.20260127-0", "sysbox-runc\n")
     assert "--version shows no version" in line
-
-
-def test_build_env() -> None:
-    assert build_env("+containai.20260127", "0.6.7") == {
-        "CONTAINAI_VERSION_SUFFIX": "+containai.20260127",
-        "SYSBOX_VERSION": "0.6.7+containai.20260127",
-    }
-    assert build_env("+containai.20260127", None) == {"CONTAINAI_VERSION_SUFFIX": "+containai.20260127"}
-
-
-def test_upstream_numbers() -> None:
-    assert upstream_numbers("0.6.7\n") == "0.6.7"
-    assert upstream_numbers("v0.6.7") == "0.6.7"
-    assert upstream_numbers("0.6.7-dev") == "0.6.7"
-    assert upstream_numbers("main") is None
-    assert upstream_numbers("") is None
-
-
-def test_find_upstream_version(tmp_path: Path) -> None:
-    assert find_upstream_version(tmp_path, "main") == (None, "")
-    assert find_upstream_version(tmp_path, "v0.6.6") == ("0.6.6", "the ref v0.6.6")
-    (tmp_path / "sources" / "sysbox").mkdir(parents=True)
-    (tmp_path / "sources" / "sysbox" / "VERSION").write_text("0.6.5\n")
-    assert find_upstream_version(tmp_path, "v0.6.6") == ("0.6.5", "sources/sysbox/VERSION")
-    (tmp_path / "VERSION").write_text("0.6.7\n")
-    assert find_upstream_version(tmp_path, "v0.6.6") == ("0.6.7", "VERSION")
 
 
 def test_violations_without_the_marker_requirement() -> None:
