@@ -11,27 +11,64 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$HERE"
 VENV="$HERE/.venv"
+# debian-archive-keyring: debootstrap of the Debian lab image checks Debian's signatures (Ubuntu lacks the keys)
 APT_PACKAGES=(
-  docker.io debootstrap busybox-static openssh-server openssh-client systemd
+  debootstrap debian-archive-keyring busybox-static openssh-server openssh-client systemd
   dpkg-dev fakeroot binutils xz-utils lintian git make tmux strace python3-venv python3-pip ca-certificates
 )
+# The lab's private engine needs a dockerd this recent; an older one is refused, a missing one installed.
+MIN_DOCKERD=20.10
 
 log() { printf '==> %s\n' "$*"; }
 die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
 
+# The X.Y.Z of the installed dockerd (`Docker version 26.1.3+azure-1, build ...`), or nothing.
+dockerd_version() {
+  command -v dockerd >/dev/null 2>&1 || return 0
+  dockerd --version 2>/dev/null | sed -n 's/^Docker version \([0-9][0-9.]*\).*/\1/p'
+}
+
+# Debian's docker.io only where no Docker engine is installed: on machines with Docker's own packages
+# (docker-ce + containerd.io) or GitHub runners' moby-* packages, installing docker.io conflicts with
+# them, and their dockerd serves the lab as well.
+engine_packages() {
+  local have
+  have="$(dockerd_version)"
+  if [ -z "$have" ]; then
+    echo docker.io
+  elif dpkg --compare-versions "$have" ge "$MIN_DOCKERD"; then
+    log "using the installed dockerd $have ($(command -v dockerd))" >&2
+  else
+    die "dockerd $have ($(command -v dockerd)) is older than $MIN_DOCKERD: upgrade it, or remove it so that Debian's docker.io is installed"
+  fi
+}
+
+# apt-get install, quiet when it works and showing apt's own words when it does not.
+apt_install() {
+  local out
+  if ! out="$(apt-get install -y -q --no-install-recommends "$@" 2>&1)"; then
+    printf '%s\n' "$out" | tail -n 40 >&2
+    die "apt-get install failed (apt's output above)"
+  fi
+}
+
 deps() {
   [ "$(id -u)" -eq 0 ] || die "run as root (the lab starts a private dockerd and systemd hosts)"
   command -v apt-get >/dev/null || die "apt-get not found: a Debian or Ubuntu machine is required"
-  log "apt packages: ${APT_PACKAGES[*]}"
+  local engine packages
+  engine="$(engine_packages)"
+  packages=(${engine} "${APT_PACKAGES[@]}")
+  log "apt packages: ${packages[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+  apt_install "${packages[@]}"
   if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV"
     python3 -m venv "$VENV"
   fi
+  # pip's warnings (the build backend's included) stay in the log: -q drops progress, not warnings
   log "installing containai-ops and its test extras into .venv"
-  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+  "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q -e ".[test]"
 }
 

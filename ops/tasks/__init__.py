@@ -1,15 +1,17 @@
-"""The Invoke namespace of containai-ops, shared by ``inv`` (tasks.py) and the ``cai-ops`` script."""
+"""The Invoke namespace of containai-ops: the product, as the installed ``cai-ops`` script shows it.
+
+``inv`` from a checkout (tasks.py) adds the developer tasks to it: test, lint and the lab."""
 
 from __future__ import annotations
 
 from invoke import Collection
 
 from ops.config import DEFAULTS
-from ops.tasks import doctor, lab, pkg, repair, shell, units, update
+from ops.tasks import doctor, pkg, repair, shell, units, update
 
 
 def build_namespace() -> Collection:
-    """Build the namespace: root tasks plus one sub-collection per feature."""
+    """Build the product namespace: root tasks plus one sub-collection per feature (no lab)."""
     ns = Collection()
     ns.add_task(doctor.doctor)
     ns.add_task(update.update)
@@ -17,7 +19,6 @@ def build_namespace() -> Collection:
     ns.add_collection(Collection.from_module(shell), name="shell")
     ns.add_collection(Collection.from_module(units), name="units")
     ns.add_collection(Collection.from_module(pkg), name="pkg")
-    ns.add_collection(Collection.from_module(lab), name="lab")
     ns.configure({"cai": dict(DEFAULTS)})
     return ns
 
