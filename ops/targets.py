@@ -21,7 +21,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from ops.config import CaiConfig
-from ops.errors import TargetError
+from ops.errors import OpsError, TargetError
 
 Kind = Literal["local", "lima", "ssh"]
 _VM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -106,6 +106,8 @@ def make_context(target: Target, conf: CaiConfig, base: Any = None) -> Any:
     """The Context for a target: ``invoke.Context`` locally, ``fabric.Connection`` otherwise.
 
     The ``cai`` section of ``base`` (the task's context) is carried over so the core sees one config.
+    A connection checks the target's host key as its ssh config says (``ops.hostkeys``): unknown and
+    changed keys are refused unless ``StrictHostKeyChecking`` is ``accept-new`` or ``no`` for it.
     """
     import invoke
 
@@ -117,6 +119,15 @@ def make_context(target: Target, conf: CaiConfig, base: Any = None) -> Any:
         if base is not None:
             return base
         return invoke.Context(config=invoke.Config(overrides=overrides))
+    from ops import hostkeys
+
+    conn = _connection(target, conf, overrides)
+    hostkeys.install(conn, host_key_policy_of(conn), target.name)
+    return conn
+
+
+def _connection(target: Target, conf: CaiConfig, overrides: dict[str, Any] | None = None) -> Any:
+    """A ``fabric.Connection`` for a remote target (not connected yet), reading the right ssh config."""
     import fabric
 
     if target.kind == "lima":
@@ -126,16 +137,28 @@ def make_context(target: Target, conf: CaiConfig, base: Any = None) -> Any:
                 f"Lima VM {target.vm!r} not found: {path} does not exist",
                 f"check `limactl list`; create or start it with `limactl start {target.vm}`",
             )
-        config = fabric.Config(runtime_ssh_path=str(path), overrides=overrides)
+        config = fabric.Config(runtime_ssh_path=str(path), overrides=overrides or {})
         return fabric.Connection(lima_alias(target.vm), config=config, connect_timeout=15)
     ssh_config = host_ssh_config(conf)
     if ssh_config is not None:
-        config = fabric.Config(runtime_ssh_path=str(ssh_config), overrides=overrides)
+        config = fabric.Config(runtime_ssh_path=str(ssh_config), overrides=overrides or {})
     else:
-        config = fabric.Config(overrides=overrides)
+        config = fabric.Config(overrides=overrides or {})
     return fabric.Connection(
         target.host, user=target.user or None, port=target.port, config=config, connect_timeout=15
     )
+
+
+def host_key_policy_of(conn: Any) -> Any:
+    """The ``ops.hostkeys.HostKeyPolicy`` a connection's ssh config gives its host."""
+    from ops import hostkeys
+
+    return hostkeys.policy_from_ssh_config(conn.ssh_config, str(conn.host), int(conn.port), str(conn.user or ""))
+
+
+def host_key_policy(target: Target, conf: CaiConfig) -> Any:
+    """The host-key policy of a remote target (its ssh config read as Fabric reads it; no connection)."""
+    return host_key_policy_of(_connection(target, conf))
 
 
 def run(ctx: Any, command: str, timeout: int | None = 60) -> tuple[int, str, str]:
@@ -145,6 +168,8 @@ def run(ctx: Any, command: str, timeout: int | None = 60) -> tuple[int, str, str
     """
     try:
         result = ctx.run(command, hide=True, warn=True, in_stream=False, timeout=timeout, pty=False)
+    except OpsError:
+        raise  # already one line naming the host and the fix (e.g. a refused host key)
     except Exception as exc:
         from invoke.exceptions import CommandTimedOut
 
@@ -311,43 +336,51 @@ def socket_path(docker_host: str) -> str:
 
 
 def ssh_base_args(target: Target, conf: CaiConfig) -> list[str]:
-    """OpenSSH arguments reaching a remote target the same way Fabric does."""
+    """OpenSSH arguments reaching a remote target the same way Fabric does, host-key policy included
+    (given explicitly, so ``ssh`` decides exactly as the Fabric connection does)."""
+    policy = host_key_policy(target, conf).ssh_options()
     if target.kind == "lima":
-        return ["ssh", "-F", str(lima_ssh_config(conf, target.vm)), lima_alias(target.vm)]
+        return ["ssh", "-F", str(lima_ssh_config(conf, target.vm)), "-o", "BatchMode=yes", *policy,
+                lima_alias(target.vm)]
     if target.kind == "ssh":
         dest = f"{target.user}@{target.host}" if target.user else target.host
         ssh_config = host_ssh_config(conf)
         extra = ["-F", str(ssh_config)] if ssh_config is not None else []
-        return ["ssh", *extra, "-p", str(target.port), "-o", "BatchMode=yes", dest]
+        return ["ssh", *extra, "-p", str(target.port), "-o", "BatchMode=yes", *policy, dest]
     raise TargetError("the local target needs no SSH")
 
 
 @contextlib.contextmanager
 def engine_host(target: Target, conf: CaiConfig) -> Iterator[str]:
     """A docker host URL for the target's engine: the socket itself locally, an SSH-forwarded socket
-    for a Lima VM or remote host (as Lima itself forwards the Docker socket)."""
+    for a Lima VM or remote host (as Lima itself forwards the Docker socket).
+
+    The forwarding ``ssh`` writes its diagnostics to a file, never to a pipe nobody reads (a full pipe
+    would stop it, and with it every request through the tunnel); the file is shown when it fails.
+    """
     if target.kind == "local":
         yield conf.docker_host
         return
     remote = socket_path(conf.docker_host)
     if shutil.which("ssh") is None:
         raise TargetError("the ssh client is not installed", "install openssh-client")
+    base = ssh_base_args(target, conf)
     tmp = tempfile.mkdtemp(prefix="cai-engine-")
     local = os.path.join(tmp, "docker.sock")
-    base = ssh_base_args(target, conf)
+    errors = os.path.join(tmp, "ssh.err")
     argv = [base[0], "-N", "-o", "ExitOnForwardFailure=yes", "-o", "ControlMaster=no",
             "-o", "ControlPath=none", "-o", "ConnectTimeout=15", "-L", f"{local}:{remote}", *base[1:]]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    with open(errors, "wb") as err_file:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err_file, start_new_session=True)
     try:
         deadline = time.monotonic() + 20
         while not os.path.exists(local):
             if proc.poll() is not None:
-                err = (proc.stderr.read().decode(errors="replace") if proc.stderr else "").strip()
-                raise TargetError(f"cannot forward the engine socket of {target.name}: {err[:200]}",
-                                  "check the SSH access to the target")
+                raise _tunnel_error(target.name, errors)
             if time.monotonic() > deadline:
-                raise TargetError(f"timed out forwarding the engine socket of {target.name}")
+                raise TargetError(f"timed out forwarding the engine socket of {target.name}: {_tail(errors)}",
+                                  "check the SSH access to the target")
             time.sleep(0.05)
         yield f"unix://{local}"
     finally:
@@ -355,3 +388,35 @@ def engine_host(target: Target, conf: CaiConfig) -> Iterator[str]:
         with contextlib.suppress(Exception):
             proc.wait(timeout=5)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return [line.strip() for line in fh.read().splitlines()]
+    except OSError:
+        return []
+
+
+def _tail(path: str, limit: int = 300) -> str:
+    """The meaningful last lines of the tunnel's diagnostics, on one line."""
+    lines = [line for line in _read(path) if line and not set(line) <= {"@"} and not line.startswith("debug")]
+    return (" ".join(lines[-4:]) or "ssh exited without a message")[-limit:]
+
+
+def _tunnel_error(name: str, path: str) -> TargetError:
+    """One line for a tunnel that ``ssh`` refused or could not open (host key refusals named as such)."""
+    lines = _read(path)
+    text = "\n".join(lines)
+    if "IDENTIFICATION HAS CHANGED" in text:
+        fix = next((line for line in lines if line.startswith("ssh-keygen ") and " -R " in line),
+                   "ssh-keygen -R <host>")
+        return TargetError(f"host key of {name} has CHANGED (REMOTE HOST IDENTIFICATION HAS CHANGED): ssh "
+                           "refused to forward the engine socket (someone may be intercepting the connection)",
+                           f"if the host was reinstalled, remove the old key with `{fix}` and connect again")
+    if "Host key verification failed" in text:
+        return TargetError(f"host key of {name} is not known: ssh refused to forward the engine socket",
+                           "check the fingerprint, then record it (ssh-keyscan -p PORT HOST >> known_hosts), "
+                           "or set `StrictHostKeyChecking accept-new` for this host in its ssh config")
+    return TargetError(f"cannot forward the engine socket of {name}: {_tail(path)}",
+                       "check the SSH access to the target")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,44 @@ def test_missing_lima_vm_is_a_clear_error(tmp_path: Path) -> None:
     assert lima_ssh_config(conf, "vm1") == tmp_path / "vm1" / "ssh.config"
     with pytest.raises(TargetError, match="Lima VM 'vm1' not found"):
         make_context(Target("lima", vm="vm1"), conf)
+
+
+@pytest.mark.parametrize(("value", "mode"), [(None, "yes"), ("ask", "yes"), ("yes", "yes"), ("no", "no"),
+                                             ("off", "no"), ("accept-new", "accept-new"), ("bogus", "yes")])
+def test_host_key_mode_from_ssh_config(value: str | None, mode: str) -> None:
+    from ops.hostkeys import policy_from_ssh_config
+
+    options = {} if value is None else {"stricthostkeychecking": value}
+    assert policy_from_ssh_config(options, "h", 22).mode == mode
+
+
+def test_known_hosts_files_as_openssh_reads_them() -> None:
+    from ops.hostkeys import policy_from_ssh_config
+
+    home = os.path.expanduser("~")
+    default = policy_from_ssh_config({}, "10.0.0.1", 2222)
+    assert default.user_files == (f"{home}/.ssh/known_hosts", f"{home}/.ssh/known_hosts2")
+    assert default.global_files == ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+    assert default.lookup_name("10.0.0.1", 2222) == "[10.0.0.1]:2222" and default.lookup_name("h", 22) == "h"
+    lima = policy_from_ssh_config({"stricthostkeychecking": "no", "userknownhostsfile": "/dev/null"}, "h", 60022)
+    assert lima.user_files == ("/dev/null",)
+    custom = policy_from_ssh_config({"userknownhostsfile": "~/a %d/b_%h_%p", "globalknownhostsfile": "none",
+                                     "hostkeyalias": "[127.0.0.1]:2222", "hashknownhosts": "yes"}, "h", 22)
+    assert custom.user_files == (f"{home}/a", f"{home}/b_h_22") and custom.global_files == ()
+    assert custom.lookup_name("h", 22) == "[127.0.0.1]:2222" and custom.hash_new
+    assert custom.ssh_options() == ["-o", "StrictHostKeyChecking=yes",
+                                    "-o", f"UserKnownHostsFile={home}/a {home}/b_h_22",
+                                    "-o", "GlobalKnownHostsFile=none", "-o", "HostKeyAlias=[127.0.0.1]:2222"]
+
+
+def test_lima_tunnel_gets_the_lima_config_policy(tmp_path: Path) -> None:
+    from ops.targets import ssh_base_args
+
+    vm = tmp_path / "vm1"
+    vm.mkdir()
+    (vm / "ssh.config").write_text("Host lima-vm1\n  Hostname 127.0.0.1\n  Port 60022\n"
+                                   "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n")
+    conf = CaiConfig.from_mapping({"lima_home": str(tmp_path)})
+    args = ssh_base_args(Target("lima", vm="vm1"), conf)
+    assert args[-1] == "lima-vm1" and "StrictHostKeyChecking=no" in args and "UserKnownHostsFile=/dev/null" in args
+    assert "BatchMode=yes" in args
