@@ -24,6 +24,8 @@ BENCH_PATH = ["tests", "tests/lab"]
 #: Where a lab host keeps the checkout, and the data root (a bind mount, not overlayfs) its own lab uses.
 LAB_CHECKOUT = "/root/containai-ops"
 LAB_ROOT_IN_HOST = "/var/lib/containai-docker/cai-lab"
+#: The Python packages a lab host installs, downloaded on this side (this side's index and proxy settings).
+WHEELHOUSE = "wheelhouse"
 
 
 @task(
@@ -75,10 +77,25 @@ def checkout_tar(dest: Path, root: Path = ROOT) -> Path:
     return dest
 
 
+def wheelhouse(dest: Path, constraints: Path) -> Path:
+    """Download, with this venv's pip and its settings, every Python package the checkout installs (pinned
+    to the versions of this venv by ``constraints``) plus pip and the build backend, into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    pip = [sys.executable, "-m", "pip", "download", "-q", "--dest", str(dest), "--constraint", str(constraints)]
+    for spec in (["pip", "setuptools>=77", "wheel"], [f"{ROOT}[test]"]):
+        result = subprocess.run([*pip, *spec], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise Exit(f"error: pip download {' '.join(spec)} failed: {result.stderr.strip()[-400:]}", code=1)
+    for built in dest.glob("containai_ops-*"):
+        built.unlink()  # the checkout itself is installed from its copy
+    return dest
+
+
 def in_lab_script(pytest_args: list[str]) -> str:
-    """The shell script run in the lab host: a clean Debian with systemd as PID 1, then bootstrap, then
-    the tests. The host starts as an older ContainAI install; that is removed first, and the stopped
-    nested engine's data root (a bind mount) becomes the lab root of the tests' own engine there."""
+    """The shell script run in the lab host: a clean Debian with systemd as PID 1, then bootstrap (pip
+    offline from the wheelhouse), then the tests. The host starts as an older ContainAI install; that is
+    removed first, and the stopped nested engine's data root (a bind mount) becomes the lab root of the
+    tests' own engine there."""
     pytest = " ".join(shlex.quote(a) for a in pytest_args)
     return "\n".join([
         "set -e",
@@ -89,9 +106,10 @@ def in_lab_script(pytest_args: list[str]) -> str:
         "find /var/lib/containai-docker -mindepth 1 -maxdepth 1 -exec rm -rf {} +",
         f"rm -rf {LAB_CHECKOUT} && mkdir -p {LAB_CHECKOUT}",
         f"tar -xzf /tmp/checkout.tar.gz -C {LAB_CHECKOUT} && rm -f /tmp/checkout.tar.gz",
+        f"rm -rf /tmp/{WHEELHOUSE} && tar -xf /tmp/{WHEELHOUSE}.tar -C /tmp && rm -f /tmp/{WHEELHOUSE}.tar",
         f"cd {LAB_CHECKOUT}",
         "echo \"==> in lab host $(hostname): PID 1 is $(ps -o comm= -p 1), $(. /etc/os-release; echo $PRETTY_NAME)\"",
-        "PIP_CONSTRAINT=/tmp/constraints.txt ./bootstrap.sh deps",
+        f"PIP_NO_INDEX=1 PIP_FIND_LINKS=/tmp/{WHEELHOUSE} PIP_CONSTRAINT=/tmp/constraints.txt ./bootstrap.sh deps",
         f"export CAI_LAB_ROOT={LAB_ROOT_IN_HOST}",
         "echo \"==> python -m pytest $*\"",
         f"exec .venv/bin/python -m pytest -p no:cacheprovider {pytest}",
@@ -99,10 +117,11 @@ def in_lab_script(pytest_args: list[str]) -> str:
 
 
 def run_tiers_in_lab(name: str, pytest_args: list[str], keep: bool = False) -> int:
-    """Bring up lab host ``name``, copy this checkout in, install it with ./bootstrap.sh deps (pip pinned
-    to the versions of this venv) and run pytest with ``pytest_args`` there; the exit status of pytest."""
+    """Bring up lab host ``name``, copy this checkout in, install it with ./bootstrap.sh deps (Python
+    packages of the versions of this venv, downloaded on this side) and run pytest with ``pytest_args``
+    there; the exit status of pytest."""
     from ops.lab import hosts
-    from ops.lab.engine import ensure_engine
+    from ops.lab.engine import LAB_ROOT, ensure_engine
     from ops.lab.image import ensure_lab_image
 
     engine = ensure_engine()
@@ -118,11 +137,16 @@ def run_tiers_in_lab(name: str, pytest_args: list[str], keep: bool = False) -> i
             freeze = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
                                     capture_output=True, text=True, check=True).stdout
             (work / "constraints.txt").write_text(freeze)
+            print("==> downloading the Python packages for the lab host", flush=True)
+            wheels = wheelhouse(LAB_ROOT / WHEELHOUSE, work / "constraints.txt")
+            with tarfile.open(work / f"{WHEELHOUSE}.tar", "w") as tar:
+                tar.add(wheels, arcname=WHEELHOUSE)
             tarball = checkout_tar(work / "checkout.tar.gz")
             conn = hosts.connection(host)
             try:
                 conn.put(str(tarball), remote="/tmp/checkout.tar.gz")
                 conn.put(str(work / "constraints.txt"), remote="/tmp/constraints.txt")
+                conn.put(str(work / f"{WHEELHOUSE}.tar"), remote=f"/tmp/{WHEELHOUSE}.tar")
                 (work / "run.sh").write_text(in_lab_script(pytest_args) + "\n")
                 conn.put(str(work / "run.sh"), remote="/tmp/test-in-lab.sh")
                 result = conn.run("bash /tmp/test-in-lab.sh", warn=True, hide=False, pty=False, in_stream=False)
