@@ -48,6 +48,15 @@ def write_sha256(path: Path) -> Path:
     return sums
 
 
+def package_version(version: str) -> str:
+    """The package Version the real build gives a Sysbox ``version`` (what ``sysbox-runc --version``
+    prints): ``0.6.7+containai.20260101`` -> ``0.6.7.linux+containai.20260101``, ``0.6.7`` -> ``0.6.7.linux``."""
+    from ops.deb.version import PACKAGER_TAG, release_version
+
+    upstream, plus, marker = version.partition("+")
+    return release_version(upstream + PACKAGER_TAG, plus + marker)
+
+
 def build_sysbox_deb(version: str, out_dir: Path, extra_depends: str = "") -> Path:
     """Build a sysbox-ce .deb of ``version`` from the Sysbox sources fixture into ``out_dir``, fuse replaced
     by fuse3 as the real build patches it, with its .sha256 beside it. ``extra_depends`` adds a
@@ -74,11 +83,11 @@ def build_sysbox_deb(version: str, out_dir: Path, extra_depends: str = "") -> Pa
         fuse3 = "         fuse3,\n" + (f"         {extra_depends},\n" if extra_depends else "")
         control.write_text(text.replace("         fuse,\n", fuse3))
         # the binaries print VERSION (the marker is written there, as the toolkit's build does); the
-        # package is named <version>-0 (DEB_VERSION replaces the version the changelog script derives)
+        # package gets the Version the toolkit's build gives it (DEB_VERSION replaces the changelog's)
         (work / "VERSION").write_text(version + "\n")
         made = subprocess.run(
             ["make", "-s", "-C", str(work / "sysbox-pkgr" / "deb"), "generic", "EDITION=ce"],
-            capture_output=True, text=True, env={**os.environ, "DEB_VERSION": f"{version}-0"})
+            capture_output=True, text=True, env={**os.environ, "DEB_VERSION": package_version(version)})
         if made.returncode != 0:
             tail = (made.stderr or made.stdout).strip().splitlines()[-1:] or ["no output"]
             raise OpsError(f"building the fixture's sysbox-ce {version} failed: {tail[0]}",

@@ -33,7 +33,7 @@ from _update_lab import (
 )
 
 from ops.lab import NEW_DOCKERD, NEW_SYSBOX, OLD_DOCKERD, OLD_SYSBOX
-from ops.lab.bundle import build_sysbox_deb, bundle_dir, docker_tarball, write_sha256
+from ops.lab.bundle import build_sysbox_deb, bundle_dir, docker_tarball, package_version, write_sha256
 
 pytestmark = pytest.mark.lab
 NEWER_SYSBOX = "0.6.8+containai.20260201"
@@ -124,7 +124,7 @@ def test_update_lima_wsl2_linux_and_serial_fleet(lab_host: Any, lab_image: str, 
     new_deb = build_sysbox_deb(NEW_SYSBOX, tmp_path / "new")
     newer_deb = build_sysbox_deb(NEWER_SYSBOX, tmp_path / "newer")
     decoy = arm64_twin(newer_deb, tmp_path / "arm64")
-    assert decoy.name == f"sysbox-ce_{NEWER_SYSBOX}-0_arm64.deb"
+    assert decoy.name == f"sysbox-ce_{package_version(NEWER_SYSBOX)}_arm64.deb"
 
     with ThreadPoolExecutor(3) as pool:
         vm, wsl, linux = list(pool.map(lambda _: lab_host(), range(3)))
@@ -183,10 +183,10 @@ def test_update_lima_wsl2_linux_and_serial_fleet(lab_host: Any, lab_image: str, 
     assert {k: (p["target"], p["platform"]) for k, p in plans.items()} == {
         "vm": (vm_name, "macos"), "linux": (linux_t, "linux"), "wsl": (wsl_t, "wsl2")}
     for key, p in plans.items():
-        assert p["before"]["arch"] == "amd64" and p["before"]["sysbox"] == {"installed": OLD_SYSBOX,
-                                                                             "bundled": f"{NEW_SYSBOX}-0"}, key
+        assert p["before"]["arch"] == "amd64" and p["before"]["sysbox"] == {
+            "installed": OLD_SYSBOX, "bundled": package_version(NEW_SYSBOX)}, key
         step = next(s for s in p["plan"]["steps"] if s["action"] == "install-sysbox")
-        assert Path(step["deb"]).name == f"sysbox-ce_{NEW_SYSBOX}-0_amd64.deb", (key, step)
+        assert Path(step["deb"]).name == f"sysbox-ce_{package_version(NEW_SYSBOX)}_amd64.deb", (key, step)
         assert [c["name"] for c in p["plan"]["stop"]] == [AGENT]
     # ... read inside the VM (`uname -m` there), not on this machine: a VM that says aarch64 gets arm64
     sh(vm, "printf '#!/bin/sh\\n[ \"$1\" = -m ] && exec echo aarch64\\nexec /bin/uname \"$@\"\\n' "
@@ -250,7 +250,7 @@ def test_update_lima_wsl2_linux_and_serial_fleet(lab_host: Any, lab_image: str, 
         assert rep["result"] == "updated" and rep["restarted"] == [AGENT], (key, rep)
         assert rep["after"]["sysbox"]["installed"] == NEW_SYSBOX and rep["after"]["drift"] == [], (key, rep)
         assert sysbox_on(host) == NEW_SYSBOX, key  # re-read on the host itself
-        assert sh(host, "dpkg-query -W -f='${Version}' sysbox-ce").strip() == f"{NEW_SYSBOX}-0"
+        assert sh(host, "dpkg-query -W -f='${Version}' sysbox-ce").strip() == package_version(NEW_SYSBOX)
         assert sh(host, "cat /opt/containai/VERSION").strip() == NEW_DOCKERD
         assert sh(host, "systemctl is-active containai-docker containai-docker-guard sysbox").split() == ["active"] * 3
         assert states(host) == {AGENT: "running"}, key
@@ -292,7 +292,8 @@ def test_update_lima_wsl2_linux_and_serial_fleet(lab_host: Any, lab_image: str, 
     # second: refused before anything changed (its container was never stopped), no journal
     assert snapshot(wsl) == mid["wsl"] and markers(wsl, AGENT) == 1
     assert sysbox_on(wsl) == NEW_SYSBOX
-    assert sh(wsl, "dpkg-query -W -f='${Version} ${Status}' sysbox-ce").strip() == f"{NEW_SYSBOX}-0 hold ok installed"
+    assert (sh(wsl, "dpkg-query -W -f='${Version} ${Status}' sysbox-ce").strip()
+            == f"{package_version(NEW_SYSBOX)} hold ok installed")
     assert states(wsl) == {AGENT: "running"} and journal(wsl) == ""
     # third: untouched
     assert snapshot(linux) == mid["linux"] and sysbox_on(linux) == NEW_SYSBOX

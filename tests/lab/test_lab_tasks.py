@@ -32,8 +32,8 @@ def test_lab_tasks_bring_up_a_host_a_bundle_and_a_container_that_update_handles(
         assert r.returncode == 0, r.stdout + r.stderr
         files = sorted(p.name for p in bundle.iterdir())
         assert files == ["docker-20.10.99.tgz", "docker-20.10.99.tgz.sha256",
-                         "sysbox-ce_0.6.7+containai.20260101-0_amd64.deb",
-                         "sysbox-ce_0.6.7+containai.20260101-0_amd64.deb.sha256"], files
+                         "sysbox-ce_0.6.7.linux+containai.20260101_amd64.deb",
+                         "sysbox-ce_0.6.7.linux+containai.20260101_amd64.deb.sha256"], files
         r = inv("pkg.verify-deb", str(bundle / files[2]))
         assert r.returncode == 0, r.stdout + r.stderr  # the lab bundle's package is a correct one
         for container, extra in (("agent-1", []), ("other", ["--unmanaged"])):

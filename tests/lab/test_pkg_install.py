@@ -2,13 +2,13 @@
 
 The host (Debian 12, systemd as PID 1, apt reaching Debian's mirror) is reached with Fabric through a
 Lima-format ssh.config, as a macOS VM would be. The package is the one ``inv pkg.build-sysbox`` builds
-from the fixture packager; its stand-in sysbox-fs fails without ``fusermount3`` like the real one.
+from the Sysbox sources fixture (laid out like upstream's); its stand-in sysbox-fs fails without
+``fusermount3`` like the real one.
 """
 
 from __future__ import annotations
 
 import shlex
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -16,45 +16,42 @@ from typing import Any
 
 import pytest
 from _cli import inv
+from _sysbox_fixture import Sources, git, make_sources
 
 pytestmark = pytest.mark.lab
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = ROOT / "tests" / "fixtures" / "packager"
 SUFFIX = "+containai.20260127"
 
 
-def _git(cwd: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=fixture", "-c", "user.email=fixture@example.invalid", *args],
-        cwd=cwd, check=True, capture_output=True,
-    )  # fmt: skip
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> Sources:
+    return make_sources(tmp_path_factory.mktemp("src"))
 
 
 @pytest.fixture(scope="module")
-def fixed_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The package built by ``inv pkg.build-sysbox`` from the fixture packager (a real git clone)."""
-    repo = tmp_path_factory.mktemp("pkgr") / "sysbox-pkgr"
-    shutil.copytree(FIXTURE, repo)
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "packager fixture")
-    _git(repo, "tag", "v0.6.7")
+def fixed_deb(sources: Sources, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package ``inv pkg.build-sysbox`` builds from the Sysbox sources fixture at v0.7.0 (a real
+    recursive git clone, the required sysbox-fs commit checked, the marker written into VERSION)."""
     out = tmp_path_factory.mktemp("dist")
-    res = inv("pkg.build-sysbox", "--pkgr-url", f"file://{repo}", "--ref", "v0.6.7",
-              "--version-suffix", SUFFIX, "--out", str(out))
+    res = inv("pkg.build-sysbox", "--sysbox-url", sources.url, "--sysbox-ref", "v0.7.0",
+              "--require", f"sysbox-fs:{sources.fix}", "--version-suffix", SUFFIX, "--out", str(out))
     assert res.returncode == 0, res.stderr + res.stdout
     (deb,) = out.glob("sysbox-ce_*.deb")
     return deb
 
 
 @pytest.fixture(scope="module")
-def upstream_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The unpatched build (Depends names fuse), as the upstream packager makes it."""
-    work = tmp_path_factory.mktemp("upstream") / "pkgr"
-    shutil.copytree(FIXTURE, work)
-    subprocess.run(["make", "-C", "deb", "generic", "EDITION=ce"], cwd=work, check=True, capture_output=True)
-    (deb,) = (work / "deb" / "build").glob("*/ubuntu-jammy/sysbox-ce_*.deb")
+def upstream_deb(sources: Sources, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Upstream's own build of v0.7.0 (Depends names fuse, Version 0.7.0.linux): a recursive clone, its
+    packager's sources/sysbox linked to it, make generic."""
+    src = tmp_path_factory.mktemp("upstream") / "sysbox"
+    git(src.parent, "-c", "protocol.file.allow=always", "clone", "-q", "--recursive", "--branch", "v0.7.0",
+        sources.url, str(src))
+    pkgr = src / "sysbox-pkgr"
+    (pkgr / "sources").mkdir()
+    (pkgr / "sources" / "sysbox").symlink_to(src)
+    subprocess.run(["make", "-C", "deb", "generic", "EDITION=ce"], cwd=pkgr, check=True, capture_output=True)
+    (deb,) = (pkgr / "deb" / "build").glob("*/ubuntu-jammy/sysbox-ce_*.deb")
     return deb
 
 
@@ -120,7 +117,7 @@ def test_fixed_package_installs_fuse3_and_sysbox_fs_runs(lab_host: Any, fixed_de
     assert code == 0 and "Status: install ok installed" in status
     depends = next(ln for ln in status.splitlines() if ln.startswith("Depends:"))
     assert "fuse3" in [c.strip().split(" ")[0] for c in depends.removeprefix("Depends:").split(",")]
-    assert f"Version: 0.6.7.linux{SUFFIX}-0" in status
+    assert f"Version: 0.7.0.linux{SUFFIX}" in status
 
     code, path, _ = sh(host, "command -v fusermount3")
     assert code == 0 and path.strip().endswith("/fusermount3")
@@ -158,7 +155,7 @@ def assert_update_sees_it_current(host: Any, deb: Path) -> None:
         conn.close()
     bundled = deb_version(deb)
     assert installed.state is State.INSTALLED and installed.version is not None, installed
-    assert str(installed.version) == f"0.6.7{SUFFIX}"
+    assert str(installed.version) == f"0.7.0{SUFFIX}"
     assert installed.version.same_as(bundled)
     decision = decide("sysbox", installed, bundled)
     assert decision.action is Action.CURRENT, decision.reason
@@ -178,7 +175,7 @@ def test_unpatched_package_leaves_sysbox_fs_failed_then_the_fix_repairs_it(
     assert running_past_check(host, "sysbox-fs") == "failed"
     _, journal, _ = sh(host, "journalctl -u sysbox-fs --no-pager -n 20 2>&1")
     assert "fusermount3" in journal
-    assert upstream_then_bundled(host, fixed_deb) == "upgrade"  # upstream 0.6.7 installed, ContainAI build bundled
+    assert upstream_then_bundled(host, fixed_deb) == "upgrade"  # upstream 0.7.0 installed, ContainAI build bundled
 
     # upgrading to the fixed package replaces fuse with fuse3 and sysbox-fs starts
     install(host, fixed_deb)
