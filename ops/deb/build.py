@@ -45,8 +45,11 @@ from ops.deb.sources import (
     check_sources,
     clone_superproject,
     git_reason,
+    is_local,
     link_sources,
     mark_version,
+    parse_requirement,
+    run_git,
 )
 from ops.deb.version import release_version
 from ops.errors import RefusedError, VersionParseError
@@ -176,9 +179,7 @@ def publish(deb: Path, out: Path) -> tuple[Path, Path]:
 
 def clone_packager(url: str, ref: str, dest: Path) -> None:
     """Shallow-clone a packager (``--pkgr-url``) at a tag or branch."""
-    from ops.deb.sources import _git, is_local
-
-    out = _git(["clone", "--quiet", "--depth", "1", "--branch", ref, "--", url, str(dest)], local=is_local(url))
+    out = run_git(["clone", "--quiet", "--depth", "1", "--branch", ref, "--", url, str(dest)], local=is_local(url))
     if out.returncode == 0:
         return
     if re.search(r"Remote branch .* not found|Could not find remote branch", out.stderr):
@@ -339,8 +340,6 @@ def build_from_packager(
 
 def requirements(texts: Sequence[str], default: Sequence[Requirement]) -> tuple[Requirement, ...]:
     """``--require`` values (they replace the pin's list) or the pin's list."""
-    from ops.deb.sources import parse_requirement
-
     return tuple(parse_requirement(t) for t in texts) if texts else tuple(default)
 
 

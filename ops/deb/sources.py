@@ -115,7 +115,7 @@ def is_local(url: str) -> bool:
     return url.startswith("file://") or url.startswith("/") or url.startswith(".")
 
 
-def _git(args: Sequence[str], cwd: Path | None = None, *, local: bool = False) -> subprocess.CompletedProcess[str]:
+def run_git(args: Sequence[str], cwd: Path | None = None, *, local: bool = False) -> subprocess.CompletedProcess[str]:
     """Run git without prompts; ``local`` allows submodules over the file transport (a local superproject)."""
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C", GIT_ADVICE="0")
     cmd = ["git", "-c", "advice.detachedHead=false"]
@@ -146,7 +146,7 @@ def resolve_ref(repo: Path, ref: str) -> str | None:
     if _HEX.fullmatch(ref):
         candidates.append(ref)
     for name in candidates:
-        out = _git(["rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"], repo)
+        out = run_git(["rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"], repo)
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip()
     return None
@@ -162,7 +162,7 @@ def clone_superproject(url: str, ref: str, dest: Path, log: Log) -> str:
     """Clone the Sysbox superproject at ``ref`` with its submodules (recursively); return the commit."""
     local = is_local(url)
     log(f"cloning {url} at {ref} (with its submodules)")
-    out = _git(["clone", "--quiet", "--filter=blob:none", "--no-checkout", "--", url, str(dest)], local=local)
+    out = run_git(["clone", "--quiet", "--filter=blob:none", "--no-checkout", "--", url, str(dest)], local=local)
     if out.returncode != 0:
         raise BuildError(f"cannot fetch the Sysbox sources from {url} ({git_reason(out.stderr)})",
                          "check --sysbox-url and the network")  # fmt: skip
@@ -170,10 +170,10 @@ def clone_superproject(url: str, ref: str, dest: Path, log: Log) -> str:
     if commit is None:
         raise BuildError(f"ref {ref!r} is not a tag, branch or commit of {url}",
                          "give an existing one with --sysbox-ref (git ls-remote --tags --heads URL lists them)")
-    out = _git(["checkout", "--quiet", "--detach", commit], dest, local=local)
+    out = run_git(["checkout", "--quiet", "--detach", commit], dest, local=local)
     if out.returncode != 0:
         raise BuildError(f"cannot check out {ref} of {url} ({git_reason(out.stderr)})", "check the ref and the network")
-    out = _git(["submodule", "update", "--init", "--recursive", "--filter=blob:none"], dest, local=local)
+    out = run_git(["submodule", "update", "--init", "--recursive", "--filter=blob:none"], dest, local=local)
     if out.returncode != 0:
         name = submodule_failure(out.stderr)
         what = f"submodule {name}" if name else "a submodule"
@@ -188,7 +188,7 @@ def submodule_paths(checkout: Path) -> dict[str, str]:
     """``{name: path}`` of the superproject's submodules, from its ``.gitmodules``."""
     if not (checkout / ".gitmodules").is_file():
         return {}
-    out = _git(["config", "--file", ".gitmodules", "--get-regexp", r"^submodule\..*\.path$"], checkout)
+    out = run_git(["config", "--file", ".gitmodules", "--get-regexp", r"^submodule\..*\.path$"], checkout)
     paths: dict[str, str] = {}
     for line in out.stdout.splitlines():
         key, _, path = line.partition(" ")
@@ -212,9 +212,9 @@ def check_required(checkout: Path, ref: str, requires: Sequence[Requirement], lo
             raise BuildError(f"the Sysbox sources at {ref} have no submodule {req.submodule} (submodules: {known})",
                              "fix the SUBMODULE part of --require")  # fmt: skip
         sub = checkout / path
-        head = _git(["rev-parse", "HEAD"], sub).stdout.strip()
-        full = _git(["rev-parse", "--verify", "--quiet", f"{req.commit}^{{commit}}"], sub).stdout.strip()
-        contained = bool(full) and _git(["merge-base", "--is-ancestor", full, "HEAD"], sub).returncode == 0
+        head = run_git(["rev-parse", "HEAD"], sub).stdout.strip()
+        full = run_git(["rev-parse", "--verify", "--quiet", f"{req.commit}^{{commit}}"], sub).stdout.strip()
+        contained = bool(full) and run_git(["merge-base", "--is-ancestor", full, "HEAD"], sub).returncode == 0
         if not contained:
             raise RefusedError(
                 f"{req.submodule} at {head[:7]} (Sysbox {ref}) does not contain the required commit "
