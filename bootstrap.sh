@@ -6,6 +6,7 @@
 #                          then run `inv doctor` and `inv update` (dry run, refusal, upgrade) on it
 #   ./bootstrap.sh test    install, start the lab engine, build the lab images, run every test tier
 #   ./bootstrap.sh deps    install only (apt packages, .venv with the toolkit and its test extras)
+#   ./bootstrap.sh system  install only the apt packages
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -52,7 +53,7 @@ apt_install() {
   fi
 }
 
-deps() {
+system_packages() {
   [ "$(id -u)" -eq 0 ] || die "run as root (the lab starts a private dockerd and systemd hosts)"
   command -v apt-get >/dev/null || die "apt-get not found: a Debian or Ubuntu machine is required"
   local engine packages
@@ -62,6 +63,10 @@ deps() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt_install "${packages[@]}"
+}
+
+deps() {
+  system_packages
   if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV"
     python3 -m venv "$VENV"
@@ -116,7 +121,8 @@ run_tests() {
 
 case "${1:-}" in
   deps) deps ;;
+  system) system_packages ;;
   demo) demo ;;
   test) shift; run_tests "$@" ;;
-  *) die "usage: ./bootstrap.sh demo | test [pytest args] | deps" ;;
+  *) die "usage: ./bootstrap.sh demo | test [pytest args] | deps | system" ;;
 esac
