@@ -115,7 +115,7 @@ def in_lab_script(pytest_args: list[str]) -> str:
         "echo \"==> in lab host $(hostname): PID 1 is $(ps -o comm= -p 1), $(. /etc/os-release; echo $PRETTY_NAME)\"",
         f"PIP_NO_INDEX=1 PIP_FIND_LINKS=/tmp/{WHEELHOUSE} PIP_CONSTRAINT=/tmp/constraints.txt ./bootstrap.sh deps",
         f"export CAI_LAB_ROOT={LAB_ROOT_IN_HOST}",
-        "echo \"==> python -m pytest $*\"",
+        f"printf '==> python -m pytest %s\\n' {shlex.quote(pytest)}",
         f"exec .venv/bin/python -m pytest -p no:cacheprovider {pytest}",
     ])
 
