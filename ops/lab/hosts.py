@@ -50,8 +50,9 @@ LAYOUT_DATA_ROOT = {"containai": "/var/lib/containai-docker", "lima-vm": "/var/l
 #: The local apt repository of layout hosts (they have no route out), inside the host and on the machine.
 APT_REPO_IN_HOST = "/srv/cai-lab-apt"
 APT_REPO = LAB_ROOT / "aptrepo"
-#: Debian packages the layout hosts' apt must find without a mirror (the sysbox-ce .deb needs fuse3).
-APT_REPO_PACKAGES = ("fuse3", "libfuse3-3")
+#: What the sysbox-ce package depends on (fuse as the real build patches it: fuse3); the local apt
+#: repository holds these and their dependencies, less what the lab image already has.
+APT_REPO_PACKAGES = ("fuse3", "jq", "lsb-release", "rsync", "iptables", "debconf")
 #: The dockerd bundle binaries and where Debian's docker.io has them in the lab image.
 BUNDLE_LINKS = {
     "dockerd": "/usr/sbin/dockerd", "docker": "/usr/bin/docker", "containerd": "/usr/bin/containerd",
@@ -481,12 +482,12 @@ def up(name: str, index: int, docker_host: str, lima_home: str | os.PathLike[str
     ``layout`` (containai, lima-vm) starts it in the state the installer leaves, on a network of its own."""
     check_name(name)
     layout = check_layout(layout)
+    tag = image or ensure_lab_image(docker_host)
     if layout:
-        ensure_apt_repo()
+        ensure_apt_repo(docker_host, tag)
     index = reserve(name, index)
     address = address_of(index)
     key = ensure_key()
-    tag = image or ensure_lab_image(docker_host)
     home = Path(os.fspath(lima_home)).expanduser().resolve()
     vm_dir = home / name
     vm_dir.mkdir(parents=True, exist_ok=True)
@@ -539,13 +540,59 @@ def _wait_sshd_ready(container: Any, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def ensure_apt_repo() -> Path:
-    """The local apt repository of layout hosts: the packages they need (fuse3 and its library)
-    downloaded with the machine's apt, and a flat ``Packages`` index. Made once, under a lock."""
+def _image_packages(docker_host: str, image: str) -> set[str]:
+    """The packages installed in the lab image."""
+    client = _client(docker_host)
+    try:
+        out = client.containers.run(image, ["dpkg-query", "-W", "-f", "${Package}\\n"], network_mode="none",
+                                    remove=True)
+    finally:
+        client.close()
+    return set(out.decode().split())
+
+
+def _dependency_closure(packages: tuple[str, ...]) -> set[str]:
+    """The packages and everything they depend on, from the machine's apt lists."""
+    out = subprocess.run(["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests",
+                          "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", *packages],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise OpsError(f"apt-cache cannot resolve {', '.join(packages)}: {out.stderr.strip()[-200:]}",
+                       "run `apt-get update` on this machine, then retry")
+    return {line.strip() for line in out.stdout.splitlines() if line and not line[0].isspace()
+            and not line.startswith("<")}
+
+
+def ensure_apt_repo(docker_host: str, image: str) -> Path:
+    """The local apt repository of layout hosts (they have no route out): what the sysbox-ce package
+    needs and the image lacks, downloaded with the machine's apt, and a flat ``Packages`` index made by
+    dpkg-scanpackages. Made once per image, under a lock."""
     with lab_lock("aptrepo"):
-        index = APT_REPO / "Packages"
-        if index.is_file():
+        index, stamp = APT_REPO / "Packages", APT_REPO / "made-for"
+        wanted = f"{image} {' '.join(APT_REPO_PACKAGES)}\n"
+        if index.is_file() and stamp.is_file() and stamp.read_text() == wanted:
             return APT_REPO
+        for tool in ("apt-get", "apt-cache", "dpkg-scanpackages"):
+            if shutil.which(tool) is None:
+                raise OpsError(f"{tool} is not installed (the lab's local apt repository needs it)",
+                               "run ./bootstrap.sh deps (apt-get install dpkg-dev)")
+        shutil.rmtree(APT_REPO, ignore_errors=True)
+        APT_REPO.mkdir(parents=True)
+        need = sorted(_dependency_closure(APT_REPO_PACKAGES) - _image_packages(docker_host, image))
+        if need:
+            got = subprocess.run(["apt-get", "download", *need], cwd=APT_REPO, capture_output=True, text=True,
+                                 check=False)
+            if got.returncode != 0:
+                last = (got.stderr.strip() or got.stdout.strip() or f"exit {got.returncode}").splitlines()[-1]
+                raise OpsError(f"downloading {len(need)} packages for the lab's apt repository failed: {last}",
+                               "run `apt-get update` on this machine, then retry")
+        scan = subprocess.run(["dpkg-scanpackages", "--multiversion", "."], cwd=APT_REPO,
+                              capture_output=True, text=True, check=False)
+        if scan.returncode != 0:
+            raise OpsError(f"dpkg-scanpackages failed in {APT_REPO}: {scan.stderr.strip()[-200:]}")
+        index.write_text(scan.stdout)
+        stamp.write_text(wanted)
+        return APT_REPO
         APT_REPO.mkdir(parents=True, exist_ok=True)
         for tool in ("apt-get", "dpkg-scanpackages"):
             if shutil.which(tool) is None:
@@ -565,6 +612,23 @@ def ensure_apt_repo() -> Path:
         part.write_text(scan.stdout)
         part.replace(index)
         return APT_REPO
+
+
+def reboot(host: LabHost, docker_host: str | None = None, stop_timeout: int = 200) -> None:
+    """Reboot a lab host: ``docker restart`` (systemd gets SIGRTMIN+3 and stops its units, the stop
+    hook included; a host on a network of its own loses its namespace, bridge and iptables rules with
+    it), then wait until SSH answers again."""
+    from ops.lab.engine import DOCKER_HOST
+
+    client = _client(docker_host or DOCKER_HOST)
+    try:
+        container = client.containers.get(host.container)
+        container.restart(timeout=stop_timeout)
+        if host.layout:
+            _wait_sshd_ready(container)
+    finally:
+        client.close()
+    wait_ssh(host)
 
 
 def apt_update(host: LabHost, timeout: int = 600) -> None:

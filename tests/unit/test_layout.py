@@ -149,3 +149,47 @@ def test_unit_values_name_the_bridge_the_unit_creates() -> None:
 def test_the_probe_is_posix_shell() -> None:
     out = subprocess.run(["sh", "-n", "-c", lay.probe_command()], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def _bridge_script(unit_text: str) -> str:
+    """The shell of the engine unit's bridge step, as systemd hands it to /bin/sh -c."""
+    line = next(x for x in unit_text.splitlines() if x.startswith("ExecStartPre=/bin/sh -c "))
+    quoted = line[len("ExecStartPre=/bin/sh -c "):]
+    assert quoted.startswith('"') and quoted.endswith('"')
+    return quoted[1:-1].replace('\\"', '"').replace("$$", "$").replace("\\t", "\t").replace("\\n", "\n")
+
+
+@pytest.mark.parametrize(("config", "calls"), [
+    ('{\n  "bridge": "cai0",\n  "hosts": []\n}\n',
+     ["link show cai0", "link add name cai0 type bridge", "-4 addr show dev cai0",
+      "addr add 172.30.0.1/16 dev cai0", "link set cai0 up"]),
+    ('{"hosts":[],"bridge" : "cai0"}', None),
+    ('{"bridge": "none"}', []),
+    ('{"hosts": []}', []),
+])
+def test_the_engine_unit_makes_the_bridge_daemon_json_names(tmp_path: Path, config: str,
+                                                            calls: list[str] | None) -> None:
+    """The step runs with a stand-in ``ip`` that logs its arguments and finds no bridge."""
+    from ops import units
+
+    text = next(f.text for f in units.render(CaiConfig.from_mapping({})) if f.name == "containai-docker.service")
+    assert "ExecStartPre=-/bin/rm -f /var/run/containai-docker.pid\n" in text
+    assert text.index("ExecStartPre=-/bin/rm") < text.index("ExecStartPre=/bin/sh") < text.index("ExecStart=")
+    daemon = tmp_path / "daemon.json"
+    daemon.write_text(config)
+    script = _bridge_script(text).replace("/etc/containai/docker/daemon.json", str(daemon))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "ip.log"
+    (bin_dir / "ip").write_text(f'#!/bin/sh\necho "$*" >> {log}\ncase "$*" in "link show"*) exit 1;; esac\n')
+    (bin_dir / "ip").chmod(0o755)
+    import os
+
+    run = subprocess.run(["/bin/sh", "-c", script], env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    got = log.read_text().splitlines() if log.exists() else []
+    expected = calls if calls is not None else [
+        "link show cai0", "link add name cai0 type bridge", "-4 addr show dev cai0",
+        "addr add 172.30.0.1/16 dev cai0", "link set cai0 up"]
+    assert got == expected

@@ -43,7 +43,8 @@ def test_engine_unit_contents() -> None:
                  "RuntimeDirectory=containai-docker", "PartOf=sysbox.service sysbox-mgr.service sysbox-fs.service",
                  "TimeoutStopSec=130", "Wants=network-online.target sysbox.service containai-docker-guard.service"):
         assert line + "\n" in text, line
-    assert "After=network-online.target sysbox.service sysbox-mgr.service sysbox-fs.service\n" in text
+    assert ("After=network-online.target containerd.service sysbox.service sysbox-mgr.service "
+            "sysbox-fs.service\n") in text
     assert "ExecStopPre" not in text
 
 
