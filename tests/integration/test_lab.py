@@ -122,3 +122,67 @@ def test_recipe_hash_names_the_images() -> None:
     assert len(digest) == 64 and digest == recipe_hash()
     assert host_tag() == f"cai-lab-host:{digest[:12]}"
     assert tiny_tag() == f"cai-lab-tiny:{digest[:12]}"
+
+
+def _machine_links() -> set[str]:
+    import subprocess
+
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
+
+
+def test_containai_layout_host_is_the_installers_state_on_its_own_network(lab_host: Any, conf_for: Any) -> None:
+    from ops.lab.hosts import connection, run
+    from ops.layout import read_layout
+    from ops.targets import resolve
+
+    host = lab_host(layout="containai")
+    text = Path(host.ssh_config).read_text()
+    assert "ProxyCommand " in text and f"exec -i {host.container} /usr/sbin/sshd -i" in text
+    assert "Hostname" not in text
+    code, out, _ = run(host, "ip -o -4 addr show dev cai0; iptables -S FORWARD | grep -c cai0")
+    assert code == 0 and out.split()[3] == "172.30.0.1/16", out
+    assert int(out.split()[-1]) > 0  # the engine's iptables rules, in the host's namespace
+    assert "cai0" not in _machine_links()
+    code, out, _ = run(host, "cat /opt/containai/VERSION; echo; readlink /opt/containai/bin/dockerd; "
+                             "grep -c '^ExecStopPre=' /etc/systemd/system/containai-docker.service; "
+                             "systemctl is-active containai-docker")
+    assert out.split() == ["20.10.24", "../docker/20.10.24/dockerd", "1", "active"], out
+    c = connection(host)  # Fabric through the ProxyCommand: run and put
+    try:
+        c.put(io.StringIO("through-proxy\n"), "/tmp/p.txt")
+        assert c.run("cat /tmp/p.txt", hide=True, in_stream=False).stdout == "through-proxy\n"
+    finally:
+        c.close()
+    resolved = resolve(host.target, conf_for(host))
+    layout = read_layout(resolved.ctx, conf_for(host), resolved.name)
+    assert (layout.name, layout.bundle, layout.installer_unit, layout.observed_default_runtime) == (
+        "containai", True, True, "sysbox-runc")
+
+
+def test_lima_vm_layout_host_runs_docker_service_and_the_tunnel_reaches_it(lab_host: Any, conf_for: Any) -> None:
+    import docker
+
+    from ops.lab.hosts import run
+    from ops.layout import conf_for as layout_conf
+    from ops.layout import read_layout
+    from ops.targets import engine_host, resolve
+
+    host = lab_host(layout="lima-vm")
+    code, out, _ = run(host, "systemctl is-active docker containerd; systemctl is-enabled containai-docker 2>&1; "
+                             "test -e /opt/containai && echo opt || echo no-opt; ip -o -4 addr show dev docker0")
+    lines = out.splitlines()
+    assert lines[:2] == ["active", "active"] and "enabled" not in lines[2] and lines[3] == "no-opt", out
+    assert "172.20.0.1/16" in lines[4]
+    resolved = resolve(host.target, conf_for(host))
+    layout = read_layout(resolved.ctx, conf_for(host), resolved.name)
+    assert (layout.name, layout.engine_unit, layout.socket, layout.bundle) == (
+        "lima-vm", "docker.service", "/var/run/docker.sock", False)
+    with engine_host(resolved.target, layout_conf(conf_for(host), layout)) as url:  # the ssh tunnel, via ProxyCommand
+        client = docker.DockerClient(base_url=url, timeout=60)
+        try:
+            info = client.info()
+            assert info["DockerRootDir"] == "/var/lib/docker" and info["DefaultRuntime"] == "runc"
+            assert "sysbox-runc" in info["Runtimes"]
+        finally:
+            client.close()

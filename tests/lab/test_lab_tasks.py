@@ -57,6 +57,7 @@ def test_lab_tasks_bring_up_a_host_a_bundle_and_a_container_that_update_handles(
                                                    "--out", str(tmp_path / "never")))
         assert not (tmp_path / "never").exists()
         assert "invalid container name" in one_line(inv("lab.container", "--host", name, "--name", "a b"))
+        assert "unknown lab layout 'mac'" in one_line(inv("lab.up", "--name", "never", "--layout", "mac"))
     finally:
         r = inv("lab.down", "--name", name)
         assert r.returncode == 0, r.stdout + r.stderr
