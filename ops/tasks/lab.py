@@ -131,6 +131,18 @@ def container(ctx: Any, host: str = "lab", name: str = "agent-1", unmanaged: boo
     print(f"{name}: {kind} container running on {lab_host.name} (volume {name}-vol at /data)")
 
 
+@task(help={"name": "Host to reboot (default lab)"})
+@cli_errors
+def reboot(ctx: Any, name: str = "lab") -> None:
+    """Reboot a lab host (docker restart: systemd stops its units, the host's own network is reset)."""
+    from ops.lab import hosts
+    from ops.lab.engine import ensure_engine
+
+    lab_host = hosts.load(name)
+    hosts.reboot(lab_host, ensure_engine())
+    print(f"{name}: rebooted; SSH answers")
+
+
 @task(iterable=["name"], help={
     "name": "Host to remove (repeatable)",
     "all": "Remove every lab host",
