@@ -25,6 +25,7 @@ from typing import Any
 
 from ops.config import CaiConfig
 from ops.errors import ConfigError, OpsError
+from ops.layout import daemon_defaults
 
 ENGINE_UNIT = "containai-docker.service"
 GUARD_UNIT = "containai-docker-guard.service"
@@ -33,8 +34,16 @@ DAEMON_JSON = "/etc/containai/docker/daemon.json"
 EXEC_ROOT = "/var/run/containai-docker"
 PIDFILE = "/var/run/containai-docker.pid"
 SYSBOX_RUNC = "/usr/bin/sysbox-runc"
-#: Seconds the stop hook and the engine get beyond the per-container stop timeout.
+#: Seconds the stop hook and the engine get beyond the per-container stop timeout: the hook may first
+#: cancel a container start still running (``GUARD_CANCEL_WAIT``), then lists the containers and stops
+#: them all at once (batches of ``GUARD_BATCH`` in parallel), SIGKILL after the stop timeout.
 STOP_MARGIN = 30
+#: The docker CLI stops at most 50 containers at a time; the hook runs one ``docker stop`` per batch.
+GUARD_BATCH = 50
+#: Seconds the hook waits for a cancelled container start to end.
+GUARD_CANCEL_WAIT = 10
+#: Upper bound of the hook's background container start (``timeout``), in seconds.
+GUARD_START_WORK_TIMEOUT = 600
 #: The templates: ``systemd/`` of the repository, shipped inside an installed package as ``ops/systemd``.
 TEMPLATE_DIR = next((d for d in (Path(__file__).resolve().parent / "systemd",
                                  Path(__file__).resolve().parent.parent / "systemd") if d.is_dir()),
@@ -124,7 +133,10 @@ def template_values(conf: CaiConfig) -> dict[str, str]:
         "STOP_TIMEOUT": str(stop),
         "ENGINE_STOP_TIMEOUT": str(stop + STOP_MARGIN),
         "GUARD_STOP_TIMEOUT": str(stop + STOP_MARGIN),
-        "GUARD_START_TIMEOUT": "300",
+        "STOP_MARGIN": str(STOP_MARGIN),
+        "GUARD_BATCH": str(GUARD_BATCH),
+        "GUARD_CANCEL_WAIT": str(GUARD_CANCEL_WAIT),
+        "GUARD_START_WORK_TIMEOUT": str(GUARD_START_WORK_TIMEOUT),
     }
 
 
@@ -155,6 +167,7 @@ def merge_daemon_json(installed: str | None, conf: CaiConfig) -> str:
             raise OpsError(f"{DAEMON_JSON} is not a JSON object", "fix or remove the file, then rerun")
         current = loaded
     merged = dict(current)
+    merged.update(daemon_defaults(current))  # the installer's bridge and default runtime, unless the host set its own
     required = daemon_required(conf)
     for key, value in required.items():
         if key == "runtimes":
@@ -299,7 +312,8 @@ def install(host: Any, files: list[RenderedFile], enable: bool = True) -> None:
 # --- doctor -----------------------------------------------------------------------------------------
 
 def doctor_findings(ctx: Any, conf: CaiConfig, target: str, platform: str) -> list[Any]:
-    """Doctor checks: ``units.drift`` (warning, with the diff) and ``engine.unit-inactive`` (error).
+    """Doctor checks: ``units.drift`` (warning, with the diff), ``engine.unit-inactive`` and
+    ``guard.unit-inactive`` (errors).
 
     On a host whose PID 1 is not systemd there are no unit findings (other checks report that).
     """
@@ -331,4 +345,43 @@ def doctor_findings(ctx: Any, conf: CaiConfig, target: str, platform: str) -> li
             f"start it with `sudo systemctl start {ENGINE_UNIT}`; see `journalctl -u {ENGINE_UNIT}`",
             platform, {"unit": ENGINE_UNIT, "state": state},
         ))
+    _c, shown, _e = run(ctx, f"systemctl show -p LoadState -p ActiveState -p SubState {GUARD_UNIT} 2>/dev/null")
+    guard = guard_finding(parse_unit_show(shown), engine_active=state == "active")
+    if guard is not None:
+        message, data = guard
+        findings.append(Finding(
+            "guard.unit-inactive", "error", target, message,
+            "start it with `sudo systemctl start containai-docker-guard` (it starts the containers its last "
+            "stop stopped); see `journalctl -u containai-docker-guard`", platform, data,
+        ))
     return findings
+
+
+def parse_unit_show(text: str) -> dict[str, str]:
+    """Pure parser of ``systemctl show -p KEY ...`` output (``Key=value`` lines)."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    return values
+
+
+def guard_finding(shown: dict[str, str], engine_active: bool) -> tuple[str, dict[str, Any]] | None:
+    """Pure: the message and data of a ``guard.unit-inactive`` finding, or None when the stop hook is armed.
+
+    The hook runs only while the guard unit is active: inactive or failed while the engine runs means a
+    stop of the engine or of Sysbox kills the managed containers instead of stopping them. A guard unit
+    that is not installed is ``units.drift``'s business; with the engine down, only a failed guard is
+    worth a word (it went down with the engine otherwise).
+    """
+    load = shown.get("LoadState", "")
+    active = shown.get("ActiveState", "") or "unknown"
+    sub = shown.get("SubState", "")
+    if load != "loaded" or active in ("active", "reloading", "activating", "deactivating"):
+        return None
+    if not engine_active and active != "failed":
+        return None
+    message = (f"{GUARD_UNIT} is {active}{f' ({sub})' if sub and sub != active else ''}: stopping "
+               f"{ENGINE_UNIT} or Sysbox will not stop the managed containers gracefully first")
+    return message, {"unit": GUARD_UNIT, "state": active, "substate": sub}

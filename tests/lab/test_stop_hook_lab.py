@@ -5,6 +5,7 @@ ones; after a restart the hook starts the containers it stopped."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -116,3 +117,73 @@ def test_stop_hook_on_engine_and_sysbox_stop_and_restart(lab_host: Any, lab_imag
     assert active(host, "containai-docker") == "inactive"
     assert markers(host, "m1") == 6 and exit_code_on_disk(host, "m1") == 0
     assert hook_runs(host) == runs + 1
+
+
+#: ``<opt_dir>/bin/docker`` of the guard test: the real CLI, except that ``start`` hangs while
+#: /run/cai-test-hang exists (an engine that never answers a start, a container that never comes up).
+HANGING_DOCKER = """#!/bin/sh
+if [ "$1" = start ] && [ -e /run/cai-test-hang ]; then exec sleep 100000; fi
+exec /usr/bin/docker "$@"
+"""
+
+
+def put_text(host: Any, path: str, text: str, mode: int) -> None:
+    import base64
+
+    blob = base64.b64encode(text.encode()).decode()
+    sh(host, f"mkdir -p $(dirname {path}) && echo {blob} | base64 -d > {path}.tmp && chmod {mode:o} {path}.tmp "
+             f"&& mv -f {path}.tmp {path}")
+
+
+def test_guard_whose_start_hangs_still_ends_active(lab_host: Any, tmp_path: Path) -> None:
+    """A hung ``docker start`` cannot lose the stop hook: the guard unit ends ``active`` (its start hands
+    the container start to a background worker and returns), the next stop still stops the managed
+    containers (cancelling the hung start first), and doctor reports a guard that is not active.
+
+    The drop-in gives the guard a 5 s start timeout so that the old unit's failure shows in seconds: the
+    old unit ran ``docker start`` in ExecStart, timed out and ended ``failed``, and systemd never runs
+    the ExecStop of a unit whose start failed."""
+    from ops import units
+    from ops.config import CaiConfig
+
+    host = lab_host()
+    rendered = {f.name: f for f in units.render(CaiConfig.from_mapping({"stop_timeout": 10}))}
+    for name in ("containai-guard", units.GUARD_UNIT):
+        put_text(host, rendered[name].path, rendered[name].text, rendered[name].mode)
+    put_text(host, f"/etc/systemd/system/{units.GUARD_UNIT}.d/10-test-start-timeout.conf",
+             "[Service]\nTimeoutStartSec=5\n", 0o644)
+    put_text(host, "/opt/containai/bin/docker", HANGING_DOCKER, 0o755)
+    sh(host, "systemctl daemon-reload")
+    guard = "containai-docker-guard"
+
+    run_container(host, "m1", managed=True)
+    sh(host, f"systemctl start {guard}")
+    assert active(host, guard) == "active"
+    sh(host, f"systemctl stop {guard}")  # the hook stops m1 and remembers it
+    assert states(host)["m1"] == "exited"
+
+    sh(host, "touch /run/cai-test-hang")
+    sh(host, f"systemctl start {guard}", check=False)
+    wait_for("docker start to hang", lambda: "sleep 100000" in sh(host, "ps -eo args"))
+    assert active(host, guard) == "active"
+    time.sleep(6)  # longer than the start timeout of the drop-in: nothing may time out now
+    assert active(host, guard) == "active"
+
+    run_container(host, "m2", managed=True, delay=1)  # started by hand meanwhile
+    runs = hook_runs(host)
+    sh(host, f"systemctl stop {guard}")  # the hook is armed: it cancels the hung start, then stops m2
+    assert active(host, guard) == "inactive"
+    assert hook_runs(host) == runs + 1 and states(host)["m2"] == "exited" and markers(host, "m2") == 1
+    journal = sh(host, f"journalctl -u {guard} -o cat --no-pager")
+    assert "cancelling the container start still running" in journal
+    assert "sleep 100000" not in sh(host, "ps -eo args")
+
+    result = inv(["doctor", "--json", "--target", host.target], host, tmp_path)  # guard stopped, engine up
+    [finding] = [f for f in json.loads(result.stdout)["findings"] if f["code"] == "guard.unit-inactive"]
+    assert finding["severity"] == "error" and "systemctl start containai-docker-guard" in finding["hint"]
+
+    sh(host, f"rm -f /run/cai-test-hang && systemctl start {guard}")  # back to normal: both come back
+    wait_for("m1 and m2 running", lambda: running(host, "m1") and running(host, "m2"))
+    assert active(host, guard) == "active"
+    result = inv(["doctor", "--json", "--target", host.target], host, tmp_path)
+    assert "guard.unit-inactive" not in [f["code"] for f in json.loads(result.stdout)["findings"]]

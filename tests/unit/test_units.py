@@ -56,6 +56,8 @@ def test_guard_unit_orders_before_engine_and_sysbox_on_stop() -> None:
     assert "ExecStop=/opt/containai/libexec/containai-guard stop\n" in text
     assert "ExecStart=-/opt/containai/libexec/containai-guard start\n" in text
     assert "TimeoutStopSec=72\n" in text  # stop timeout + margin
+    # the start can neither time out into "failed" nor wait for docker: the hook stays armed
+    assert "TimeoutStartSec=infinity\n" in text
 
 
 def test_guard_script_uses_config_and_no_unrendered_placeholders() -> None:
@@ -66,6 +68,7 @@ def test_guard_script_uses_config_and_no_unrendered_placeholders() -> None:
     assert "DOCKER_HOST='unix:///run/x.sock'" in script
     assert "LABEL='a.b=yes'" in script
     assert "TIMEOUT='7'" in script
+    assert "BATCH='50'" in script and "START_TIMEOUT='600'" in script
     assert "docker='/srv/cai/bin/docker'" in script
 
 

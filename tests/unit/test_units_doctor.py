@@ -23,11 +23,14 @@ def dump(contents: dict[str, str | None]) -> str:
     return "".join(out) + "\n"
 
 
-def ctx(pid1: str, files: dict[str, str | None], active: str) -> MockContext:
+def ctx(pid1: str, files: dict[str, str | None], active: str, guard: str = "loaded active exited") -> MockContext:
+    load, state, sub = guard.split()
     return MockContext(run={
         re.compile(r"^cat /proc/1/comm"): Result(stdout=pid1 + "\n"),
         re.compile(r"^for f in "): Result(stdout=dump(files)),
         re.compile(r"^systemctl is-active"): Result(stdout=active + "\n", exited=0 if active == "active" else 3),
+        re.compile(r"^systemctl show -p LoadState -p ActiveState -p SubState containai-docker-guard.service"):
+            Result(stdout=f"LoadState={load}\nActiveState={state}\nSubState={sub}\n"),
     })
 
 
@@ -57,3 +60,23 @@ def test_drift_and_inactive_engine() -> None:
 
 def test_no_systemd_no_unit_findings() -> None:
     assert units.doctor_findings(ctx("init", {}, "unknown"), CONF, "local", "wsl2") == []
+
+
+@pytest.mark.parametrize(("engine", "guard", "reported"), [
+    ("active", "loaded inactive dead", True),
+    ("active", "loaded failed failed", True),
+    ("active", "loaded active exited", False),
+    ("active", "loaded activating start", False),
+    ("active", "not-found inactive dead", False),  # not installed: units.drift says so
+    ("inactive", "loaded inactive dead", False),  # went down with the engine (engine.unit-inactive)
+    ("inactive", "loaded failed failed", True),
+])
+def test_guard_inactive_or_failed_is_an_error(engine: str, guard: str, reported: bool) -> None:
+    found = units.doctor_findings(ctx("systemd", current_files(), engine, guard), CONF, "local", "linux")
+    hooks = [f for f in found if f.code == "guard.unit-inactive"]
+    assert bool(hooks) == reported
+    if hooks:
+        [hook] = hooks
+        state = guard.split()[1]
+        assert hook.severity == "error" and hook.message.startswith(f"containai-docker-guard.service is {state}")
+        assert "systemctl start containai-docker-guard" in hook.hint and hook.data["state"] == state
