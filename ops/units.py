@@ -26,7 +26,6 @@ from typing import Any
 from ops.config import CaiConfig
 from ops.errors import ConfigError, OpsError
 from ops.layout import daemon_defaults
-from ops.layout import daemon_defaults
 
 ENGINE_UNIT = "containai-docker.service"
 GUARD_UNIT = "containai-docker-guard.service"
@@ -168,7 +167,6 @@ def merge_daemon_json(installed: str | None, conf: CaiConfig) -> str:
             raise OpsError(f"{DAEMON_JSON} is not a JSON object", "fix or remove the file, then rerun")
         current = loaded
     merged = dict(current)
-    merged.update(daemon_defaults(current))  # the installer's bridge and default runtime, unless the host set its own
     merged.update(daemon_defaults(current))  # the installer's bridge and default runtime, unless the host set its own
     required = daemon_required(conf)
     for key, value in required.items():
