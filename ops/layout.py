@@ -495,3 +495,72 @@ def unit_values(daemon_json_text: str) -> dict[str, str]:
         raise LayoutError(f"daemon.json names the bridge {bridge!r}, which is not a network interface name",
                           "use a name of up to 15 letters, digits, '.', '_' or '-' (the installer uses cai0)")
     return {"BRIDGE": bridge, "BRIDGE_ADDRESS": CAI_BRIDGE_ADDRESS}
+
+
+# --- doctor ---------------------------------------------------------------------------------------
+
+def findings(layout: Layout, facts: LayoutFacts, target: str, platform: str = "") -> list[Any]:
+    """Pure: doctor findings about a target's layout, read on the target it describes.
+
+    ``layout.detected`` (info); the engine's runtimes (sysbox-runc registered: error otherwise) and its
+    default runtime (sysbox-runc expected on containai, runc on lima-vm); the bridge the engine needs,
+    present with its address; a unit written by the bash installer, whose stop hook never runs.
+    """
+    from ops.findings import Finding
+
+    def f(code: str, severity: str, message: str, hint: str = "", **data: Any) -> Finding:
+        return Finding(code, severity, target, message, hint, platform, data)  # type: ignore[arg-type]
+
+    how = "forced by cai.layout" if layout.forced else "read on the target"
+    bundle = f"bundle {facts.bundle_version}" if layout.bundle else "no dockerd bundle"
+    out = [f("layout.detected", "info",
+             f"{layout.name} layout ({how}): {layout.engine_unit} on {layout.socket}, data {layout.data_root}, "
+             f"{bundle}" + (f", bridge {layout.bridge}" if layout.bridge else ""), **layout.summary())]
+    if layout.engine_answered:
+        if SYSBOX_RUNTIME not in layout.runtimes:
+            config = layout.daemon_json
+            out.append(f("engine.sysbox-runtime-missing", "error",
+                         f"the engine on {layout.socket} has no sysbox-runc runtime "
+                         f"({', '.join(layout.runtimes) or 'none'})",
+                         f"register it in {config} (runtimes.sysbox-runc.path /usr/bin/sysbox-runc) and restart "
+                         f"{layout.engine_unit}", runtimes=list(layout.runtimes)))
+        if layout.observed_default_runtime and layout.observed_default_runtime != layout.default_runtime:
+            if layout.name == CONTAINAI:
+                out.append(f("engine.default-runtime", "warning",
+                             f"the default runtime is {layout.observed_default_runtime}, not sysbox-runc: a "
+                             "container started without --runtime escapes Sysbox",
+                             f'set "default-runtime": "sysbox-runc" in {layout.daemon_json} '
+                             "(inv update --stop-containers does it) and restart the engine",
+                             expected=layout.default_runtime, observed=layout.observed_default_runtime))
+            else:
+                out.append(f("engine.default-runtime", "info",
+                             f"the default runtime of the VM's engine is {layout.observed_default_runtime} "
+                             "(the installer keeps runc; ContainAI names --runtime=sysbox-runc)", "",
+                             expected=layout.default_runtime, observed=layout.observed_default_runtime))
+    if layout.bridge and layout.bridge_address:
+        if not layout.bridge_present:
+            out.append(f("bridge.missing", "error",
+                         f"the bridge {layout.bridge} named in {layout.daemon_json} does not exist: the engine "
+                         "cannot start (\"bridge device with non default name ... must be created manually\")",
+                         f"sudo ip link add name {layout.bridge} type bridge && sudo ip addr add "
+                         f"{layout.bridge_address} dev {layout.bridge} && sudo ip link set {layout.bridge} up; "
+                         "inv update installs a unit that makes it at every start", bridge=layout.bridge))
+        conflict = bridge_conflict(layout, facts)
+        if conflict:
+            out.append(f("bridge.address", "warning", conflict,
+                         f"free {layout.bridge_address} (or move the other network), then restart "
+                         f"{layout.engine_unit}", bridge=layout.bridge, addresses=list(layout.bridge_addresses)))
+    if layout.installer_unit:
+        out.append(f("units.installer-unit", "warning",
+                     f"{layout.engine_unit} was written by an older installer: its stop hook (ExecStopPre=) "
+                     "never runs, so stopping or restarting the engine kills the agent containers instead of "
+                     "stopping them gracefully",
+                     "run `inv update --stop-containers` to install the toolkit's units and its stop hook"))
+    return out
+
+
+def layout_error_finding(exc: LayoutError, target: str, platform: str = "") -> Any:
+    """The one finding of a target whose layout cannot be told."""
+    from ops.findings import Finding
+
+    return Finding("layout.unknown", "error", target, exc.message, exc.hint, platform)

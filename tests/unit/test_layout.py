@@ -193,3 +193,36 @@ def test_the_engine_unit_makes_the_bridge_daemon_json_names(tmp_path: Path, conf
         "link show cai0", "link add name cai0 type bridge", "-4 addr show dev cai0",
         "addr add 172.30.0.1/16 dev cai0", "link set cai0 up"]
     assert got == expected
+
+
+def codes(found: list[object]) -> dict[str, str]:
+    return {f.code: f.severity for f in found}  # type: ignore[attr-defined]
+
+
+def test_doctor_findings_of_the_installers_hosts() -> None:
+    f = facts("containai-installer")
+    got = lay.findings(lay.decide(f, "lima:h"), f, "lima:h", "linux")
+    assert codes(got) == {"layout.detected": "info", "units.installer-unit": "warning"}
+    assert got[0].message == ("containai layout (read on the target): containai-docker.service on "
+                              "/var/run/containai-docker.sock, data /var/lib/containai-docker, bundle 20.10.24, "
+                              "bridge cai0")
+    assert "its stop hook (ExecStopPre=) never runs" in got[1].message
+    vm = facts("lima-vm")
+    got = lay.findings(lay.decide(vm, "lima:vm"), vm, "lima:vm", "macos")
+    assert codes(got) == {"layout.detected": "info"}  # docker.service, runc default: nothing wrong
+
+
+def test_doctor_findings_of_broken_hosts() -> None:
+    f = facts("containai-address-conflict")
+    assert codes(lay.findings(lay.decide(f, "h"), f, "h"))["bridge.address"] == "warning"
+    gone = lay.parse_probe((GOLDEN / "containai-installer.txt").read_text().replace(
+        "link=2: cai0:", "link=2: other0:"))
+    got = codes(lay.findings(lay.decide(gone, "h"), gone, "h"))
+    assert got["bridge.missing"] == "error"
+    old = facts("lab-older-install")  # runc default, no sysbox-runc registered in the old engine
+    got = codes(lay.findings(lay.decide(old, "h"), old, "h"))
+    assert got["engine.default-runtime"] == "warning" and got["engine.sysbox-runtime-missing"] == "error"
+    with pytest.raises(lay.LayoutError) as err:
+        lay.decide(facts("both-engines"), "lima:vm")
+    finding = lay.layout_error_finding(err.value, "lima:vm", "macos")
+    assert (finding.code, finding.severity) == ("layout.unknown", "error")
