@@ -90,3 +90,76 @@ def render_table(results: list[TargetResult], title: str) -> None:
         status = "[dim]skipped[/]" if r.skipped else ("[green]ok[/]" if r.ok else f"[red]exit {r.exit_code}[/]")
         table.add_row(r.target, status, r.summary)
     Console().print(table)
+
+
+# --- one run per host --------------------------------------------------------------------------------
+
+def dedupe(targets: list[str], identity: Callable[[str], str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Pure: the targets in order with every later one naming the same host (same ``identity``)
+    dropped; also the (dropped, kept) pairs, to tell the user."""
+    seen: dict[str, str] = {}
+    kept: list[str] = []
+    dropped: list[tuple[str, str]] = []
+    for text in targets:
+        key = identity(text)
+        if key in seen:
+            dropped.append((text, seen[key]))
+            continue
+        seen[key] = text
+        kept.append(text)
+    return kept, dropped
+
+
+def host_identity(text: str, conf: Any) -> str:
+    """The host a target reaches, resolved without connecting: ``local``, or ``<address>:<port>`` from
+    the ssh config the connection uses (Lima's ``ssh.config`` for ``lima:<vm>``, ``cai.ssh_config`` or
+    ``~/.ssh/config`` for ``ssh://``), so ``lima:x`` and the ``ssh://`` form of the same VM are one host.
+    A target that cannot be parsed or resolved is its own identity (its run reports the error)."""
+    import os
+
+    from ops.errors import TargetError
+    from ops.targets import host_ssh_config, lima_alias, lima_ssh_config, parse_target
+
+    try:
+        target = parse_target(text, conf.lima_vm)
+    except TargetError:
+        return f"unparsed:{text}"
+    if target.kind == "local":
+        if conf.platform == "macos" or (not conf.platform and os.uname().sysname == "Darwin"):
+            return host_identity(f"lima:{conf.lima_vm}", conf)
+        return "local"
+    try:
+        if target.kind == "lima":
+            lima_config = lima_ssh_config(conf, target.vm)
+            host, port = _ssh_lookup(lima_config if lima_config.is_file() else None, lima_alias(target.vm), None)
+        else:
+            config: Any = host_ssh_config(conf)
+            if config is None:
+                default = os.path.expanduser("~/.ssh/config")
+                config = default if os.path.isfile(default) else None
+            # the connection passes the target's port explicitly: it wins over the config's Port
+            host, port = _ssh_lookup(config, target.host, target.port)
+    except (OSError, ValueError, TargetError):
+        return f"unresolved:{target.name}"
+    return f"{_address(host, port)}:{port}"
+
+
+def _ssh_lookup(path: Any, alias: str, port: int | None) -> tuple[str, int]:
+    """(HostName, Port) of ``alias`` in an ssh config (``port`` given on the target wins)."""
+    import paramiko
+
+    if path is None:
+        return alias, port or 22
+    found = paramiko.SSHConfig.from_path(str(path)).lookup(alias)
+    return str(found.get("hostname", alias)), port or int(found.get("port", 22))
+
+
+def _address(host: str, port: int) -> str:
+    """The first address a host name resolves to (the name itself when it does not resolve)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return host.lower()
+    return str(infos[0][4][0]) if infos else host.lower()

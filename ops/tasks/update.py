@@ -13,11 +13,28 @@ from ops.tasks._common import cfg, cli_errors, is_tty, targets_of
 
 
 def _confirm(question: str) -> bool:
-    try:
-        answer = input(f"{question} [y/N] ")
-    except EOFError:
-        return False
+    """Ask on stderr (stdout stays the report's), read the answer from stdin; default No."""
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
     return answer.strip().lower() in ("y", "yes")
+
+
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _unique(conf: Any, targets: list[str]) -> list[str]:
+    """One run per host: a target naming a host already listed (``lima:x`` and its ssh form) is dropped
+    with a note on stderr."""
+    from ops.fleet import dedupe, host_identity
+
+    if len(targets) < 2:
+        return targets
+    kept, dropped = dedupe(targets, lambda text: host_identity(text, conf))
+    for text, first in dropped:
+        _warn(f"note: {text} is the same host as {first}; it is updated once")
+    return kept
 
 
 @task(
@@ -26,7 +43,8 @@ def _confirm(question: str) -> bool:
         "stop-containers": "stop the running managed containers when the update must restart the engine "
         "(journaled first, started again afterwards)",
         "dry-run": "show the plan, the containers that would stop and 'would ...' lines; change nothing",
-        "force": "answer yes to prompts (never skips stopping containers)",
+        "force": "answer yes to prompts: stop the running managed containers if the update needs it, "
+        "after one warning line naming them (never skips stopping containers)",
         "resume": "after an interrupted update: start again what the journal says was running, then finish",
         "json": "print the report as JSON on stdout",
         "target": "where to update: local (default), lima:<vm> or ssh://user@host:port (repeatable: a fleet)",
@@ -50,7 +68,7 @@ def update(
     from ops.update.apply import Options, run_update
 
     conf = cfg(ctx)
-    targets = targets_of(conf, target)
+    targets = _unique(conf, targets_of(conf, target))
     if len(targets) > 1:
         _update_fleet(ctx, conf, targets, Options(stop_containers=stop_containers, dry_run=dry_run, force=force,
                                                   resume=resume, interactive=False, progress=False),
@@ -66,7 +84,7 @@ def update(
 
     report: dict[str, Any] = {}
     try:
-        report = run_update(ctx, conf, targets[0], opts, emit, _confirm)
+        report = run_update(ctx, conf, targets[0], opts, emit, _confirm, _warn)
     except OpsError as exc:
         if json_:
             report = {"schema": 1, "result": "refused" if exc.exit_code == 2 else "error",
@@ -95,8 +113,12 @@ def _update_fleet(ctx: Any, conf: Any, targets: list[str], opts: Any, json_: boo
             with lock:
                 print(f"[{text}] {line}", file=out, flush=True)
 
+        def warn(line: str) -> None:
+            with lock:
+                print(f"[{text}] {line}", file=sys.stderr, flush=True)
+
         try:
-            report = run_update(ctx, conf, text, opts, emit, None)
+            report = run_update(ctx, conf, text, opts, emit, None, warn)
         except OpsError as exc:
             return TargetResult(text, exc.exit_code, exc.line())
         return TargetResult(text, 0, str(report.get("result", "done")), report)

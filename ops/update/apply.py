@@ -22,8 +22,11 @@ from ops.config import CaiConfig
 from ops.errors import EngineError, OpsError, RefusedError
 from ops.units import ENGINE_UNIT, GUARD_UNIT, RenderedFile
 from ops.update import journal as jr
+from ops.update import lock as lk
 from ops.update import plan as pl
-from ops.update.facts import UpdateFacts, gather, running_containers
+from ops.update import rollback as rb
+from ops.update import timeouts as tm
+from ops.update.facts import DOWN_STATES, UpdateFacts, gather, running_containers
 from ops.update.hostio import Host
 
 Emit = Callable[[str], None]
@@ -156,7 +159,7 @@ def stage_sysbox(host: Host, deb: Path, digest: str = "") -> str:
     remote = stage(host, deb, digest)
     q = shlex.quote
     host.sh(f"chmod 0644 {q(remote)} && chmod 0755 {q(str(Path(remote).parent))}", what="chmod")
-    code, out, err = host.probe(f"{APT_INSTALL} -s {q(remote)}")  # the real run's options, simulated
+    code, out, err = host.probe(f"{APT_INSTALL} -s {q(remote)}", timeout=300)  # the real run's options
     if code != 0:
         raise OpsError(f"apt-get install {deb.name} would fail on {host.name} ({apt_reason(code, out, err)}); "
                        "nothing was changed",
@@ -174,14 +177,18 @@ def apt_reason(code: int, out: str, err: str) -> str:
     return tail[-1][:300] if tail else f"exit {code}"
 
 
-def install_sysbox(host: Host, deb: Path, digest: str = "", staged: str = "") -> None:
-    """``apt-get install`` the bundled .deb (so its dependencies, fuse3 first, resolve); failures surface."""
+def install_sysbox(host: Host, deb: Path, digest: str = "", staged: str = "",
+                   timeout: int = tm.APT_BASE) -> None:
+    """``apt-get install`` the bundled .deb (so its dependencies, fuse3 first, resolve); failures surface.
+
+    ``timeout`` comes from :func:`ops.update.timeouts.apt_budget`: the package scripts restart Sysbox.
+    """
     remote = staged or stage_sysbox(host, deb, digest)
     try:
         host.sh(f"{APT_INSTALL} {shlex.quote(remote)}",
-                what=f"apt-get install {deb.name}", timeout=900)
+                what=f"apt-get install {deb.name}", timeout=timeout)
     except OpsError as exc:
-        raise OpsError(exc.message, "check the host's apt sources and run `apt-get update` there "
+        raise type(exc)(exc.message, "check the host's apt sources and run `apt-get update` there "
                        "(the package needs fuse3 and its other dependencies from them), then rerun") from None
 
 
@@ -203,21 +210,47 @@ def wait_engine(docker_host: str, conf: CaiConfig, timeout: float = 90) -> None:
         time.sleep(0.5)
 
 
-def restart_unit(host: Host, unit: str) -> None:
-    """``systemctl restart`` a unit and fail with its status when it does not come up."""
+def budget(host: Host, conf: CaiConfig) -> int:
+    """Seconds a restart of the engine or Sysbox may take on this host (see ``ops.update.timeouts``)."""
+    _code, out, _err = host.probe(tm.show_command())
+    return tm.restart_budget(conf, tm.parse_show(out))
+
+
+def settle(host: Host, unit: str, timeout: float) -> str:
+    """Wait until systemd has no job running for ``unit`` (a start or stop still in progress, e.g. after
+    a command that ran it was cut); return its ActiveState. Recovery acts only on a settled unit."""
+    deadline = time.monotonic() + timeout
+    delay = 0.5
+    while True:
+        _code, out, _err = host.probe(f"systemctl show -p Job -p ActiveState {unit}")
+        values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        if not values.get("Job", "").strip():
+            return values.get("ActiveState", "unknown").strip() or "unknown"
+        if time.monotonic() + delay > deadline:
+            raise OpsError(f"a systemd job for {unit} is still running after {timeout:.0f}s "
+                           f"({values.get('ActiveState', '?')}); the update did not touch it",
+                           f"wait for it (`systemctl list-jobs`), see `journalctl -u {unit}`, "
+                           "then run inv update --resume")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 5.0)
+
+
+def restart_unit(host: Host, unit: str, timeout: int) -> None:
+    """``systemctl restart`` a unit within ``timeout`` (a restart budget) and fail with its status when it
+    does not come up; a restart cut by the timeout raises CutError (its job may still run)."""
     host.probe(f"systemctl reset-failed {unit} 2>/dev/null")  # a start-limit-hit must not block it
-    code, _out, err = host.probe(f"systemctl restart {unit}")
+    code, _out, err = host.run(f"systemctl restart {unit}", what=f"systemctl restart {unit}", timeout=timeout)
     if code != 0:
         raise OpsError(f"{unit} did not (re)start: {err.strip().splitlines()[-1][:200] if err.strip() else code}",
                        f"see `systemctl status {unit}` and `journalctl -u {unit}`")
 
 
-def start_unit_if_loaded(host: Host, unit: str) -> None:
+def start_unit_if_loaded(host: Host, unit: str, timeout: int = 600) -> None:
     """Start a unit when its file exists (Sysbox may not be installed yet)."""
     code, out, _e = host.probe(f"systemctl show -p LoadState --value {unit}")
     if out.strip() == "loaded":
         host.probe(f"systemctl reset-failed {unit} 2>/dev/null")
-        host.sh(f"systemctl start {unit}", what=f"systemctl start {unit}")
+        host.sh(f"systemctl start {unit}", what=f"systemctl start {unit}", timeout=timeout)
 
 
 def stop_containers(docker_host: str, conf: CaiConfig, names: list[str], emit: Emit, progress: bool) -> None:
@@ -260,24 +293,38 @@ def start_containers(docker_host: str, conf: CaiConfig, names: list[str]) -> lis
     return sorted(set(bad) | {n for n in names if n in existing and n not in running} | set(missing))
 
 
+def interrupted_message(j: jr.Journal, where: str) -> OpsError:
+    """The refusal of a plain update while a journal of an interrupted one exists."""
+    names = ", ".join(j.containers)
+    what = (f"containers {names} were stopped by an interrupted update on {where}" if j.containers
+            else f"an interrupted update left its journal on {where}")
+    return OpsError(f"{what}: run with --resume",
+                    "inv update --resume starts them again (add --stop-containers to finish the update); "
+                    "the journal is kept until they run")
+
+
 # --- the flow -------------------------------------------------------------------------------------------
 
 class Session:
     """One update run on one resolved target."""
 
     def __init__(self, resolved: Any, conf: CaiConfig, opts: Options, emit: Emit,
-                 confirm: Callable[[str], bool] | None = None) -> None:
+                 confirm: Callable[[str], bool] | None = None, warn: Emit | None = None) -> None:
         self.resolved = resolved
         self.conf = conf
         self.opts = opts
         self.emit = emit
+        self.warn = warn or emit
         self.confirm = confirm
         self._stack = contextlib.ExitStack()
         self._docker_host: str | None = None
         self._host: Host | None = None
+        self._reader: Host | None = None
+        self._budget: int | None = None
+        self.lock: lk.HostLock | None = None
 
     def close(self) -> None:
-        """Release the engine forward and the staging directory."""
+        """Release the engine forward, the staging directory and the lock."""
         if self._host is not None:
             self._host.cleanup()
         self._stack.close()
@@ -290,6 +337,19 @@ class Session:
         return self._host
 
     @property
+    def reader(self) -> Host:
+        """How the managed files are read: as root like they are written (the login user only on a dry
+        run without root access, where an unreadable file is then an error, never "missing")."""
+        if self._reader is None:
+            try:
+                self._reader = self.host
+            except OpsError:
+                if not self.opts.dry_run:
+                    raise
+                self._reader = Host(self.resolved.ctx, "")
+        return self._reader
+
+    @property
     def docker_host(self) -> str:
         """The engine's docker host URL (an SSH-forwarded socket for a remote target), opened lazily."""
         if self._docker_host is None:
@@ -298,13 +358,36 @@ class Session:
             self._docker_host = self._stack.enter_context(engine_host(self.resolved.target, self.conf))
         return self._docker_host
 
+    def take_lock(self) -> None:
+        """Hold the target's update lock until the session closes (see ``ops.update.lock``)."""
+        if self.lock is None:
+            self.lock = self._stack.enter_context(
+                lk.held(self.resolved.target, self.conf, self.host.sudo, self.resolved.name))
+
+    def restart_budget(self) -> int:
+        """The restart budget of this host (read from its units once they are installed)."""
+        if self._budget is None:
+            self._budget = budget(self.host, self.conf)
+        return self._budget
+
     def facts(self) -> UpdateFacts:
         """Host facts plus, when a restart is needed, the running managed containers."""
-        facts = gather(self.resolved, self.conf)
+        facts = gather(self.resolved, self.conf, self.reader)
         if pl.restart_reasons(facts):
-            found = running_containers(self.docker_host, self.conf, facts.host, self.resolved.name)
+            allow_down = self.opts.stop_containers or self.opts.force
+            found = running_containers(self.docker_host, self.conf, facts.host, self.resolved.name,
+                                       allow_down=allow_down)
+            if not found and allow_down and facts.host.engine_state in DOWN_STATES:
+                self.emit(f"  note: {ENGINE_UNIT} is {facts.host.engine_state}: no container runs; "
+                          "the update installs and starts it")
             return replace(facts, running=found)
         return facts
+
+    def check_journal(self) -> None:
+        """Refuse a plain update while the journal of an interrupted one exists (never overwrite it)."""
+        j = jr.read(self.reader, self.conf)
+        if j is not None:
+            raise interrupted_message(j, self.resolved.name)
 
     # -- resume --
     def resume(self) -> dict[str, Any]:
@@ -315,8 +398,11 @@ class Session:
             return {"journal": None}
         self.emit(f"resuming: {len(j.containers)} container(s) were running before an interrupted update"
                   + (f" (done: {', '.join(j.done)})" if j.done else ""))
-        start_unit_if_loaded(self.host, "sysbox.service")
-        start_unit_if_loaded(self.host, ENGINE_UNIT)
+        restart = self.restart_budget()
+        for unit in ("sysbox.service", ENGINE_UNIT):
+            settle(self.host, unit, restart)
+        start_unit_if_loaded(self.host, "sysbox.service", restart)
+        start_unit_if_loaded(self.host, ENGINE_UNIT, restart)
         wait_engine(self.docker_host, self.conf)
         bad = start_containers(self.docker_host, self.conf, list(j.containers))
         if bad:
@@ -329,25 +415,30 @@ class Session:
 
     # -- gate --
     def gate(self, p: pl.Plan) -> None:
-        """Refuse (exit 2) or ask when running containers would be stopped without --stop-containers."""
+        """Refuse (exit 2) or ask when running containers would be stopped without --stop-containers;
+        ``--force`` proceeds with one warning line naming them and why."""
         if not p.needs_stop or self.opts.stop_containers:
             return
-        question = f"Stop {len(p.stop)} running managed container(s) and update?"
+        names = ", ".join(c.name for c in p.stop)
         if self.opts.force:
+            why = next((s.reason for s in p.steps if s.action == pl.STOP), "the update restarts the engine")
+            self.warn(f"warning: --force: stopping {len(p.stop)} running managed container(s) ({names}) "
+                      f"because {why}; they are started again afterwards")
             return
+        question = f"Stop {len(p.stop)} running managed container(s) ({names}) and update?"
         if self.opts.interactive and self.confirm is not None:
             if self.confirm(question):
                 return
             raise RefusedError("update declined; nothing was changed",
                                "rerun with --stop-containers to stop them and update")
-        names = ", ".join(c.name for c in p.stop)
         raise RefusedError(f"{len(p.stop)} managed container(s) are running ({names}) and the update must "
                            "restart the engine; nothing was changed",
                            "rerun with --stop-containers to stop them, update, and start them again")
 
     # -- apply --
     def apply(self, facts: UpdateFacts, p: pl.Plan) -> dict[str, Any]:
-        """Apply the plan's steps in order; the journal first when containers stop."""
+        """Apply the plan's steps in order; the journal first when containers stop, a copy of what is
+        replaced before the first change (put back if the new engine does not answer)."""
         host, conf = self.host, self.conf
         names = [c.name for c in p.stop]
         digests = preflight(p)  # a damaged bundle is refused before anything is stopped
@@ -360,35 +451,58 @@ class Session:
             elif step.action == pl.SYSBOX:
                 deb = str(step.data["deb"])
                 staged[deb] = stage_sysbox(host, Path(deb), digests[deb])
+        drifted = {d.path for d in facts.drift}
+        files: list[RenderedFile] = [f for f in facts.rendered if f.path in drifted]
+        new_version = next((str(s.data["version"]) for s in p.steps if s.action == pl.DOCKERD), None)
+        keep = [f.path for f in files]
+        guarded = bool(keep or new_version)  # something the engine runs on is replaced
+        if self.lock is not None:
+            self.lock.check()
         j: jr.Journal | None = None
         if names:
             j = jr.Journal(facts.target, tuple(names), tuple(p.actions()))
             jr.write(host, conf, j)  # BEFORE any container stops
-        drifted = {d.path for d in facts.drift}
-        files: list[RenderedFile] = [f for f in facts.rendered if f.path in drifted]
+        if guarded:
+            try:
+                rb.backup(host, conf, keep, new_version)  # BEFORE anything changes
+            except OpsError:
+                if j is not None:
+                    with contextlib.suppress(OpsError):
+                        jr.clear(host, conf)
+                raise
+        state = {"changed": False, "engine_ok": not guarded, "sysbox": False}
         try:
             for step in p.steps:
                 self.emit(f"- {step.summary}")
                 if step.action == pl.STOP:
                     stop_containers(self.docker_host, conf, names, self.emit, self.opts.progress)
                 elif step.action == pl.DOCKERD:
+                    state["changed"] = True
                     tarball = str(step.data["tarball"])
                     install_dockerd(host, conf, Path(tarball), step.data["version"], digests[tarball],
                                     staged[tarball])
                 elif step.action == pl.SYSBOX:
+                    state["sysbox"] = True
                     deb = str(step.data["deb"])
-                    install_sysbox(host, Path(deb), digests[deb], staged[deb])
+                    install_sysbox(host, Path(deb), digests[deb], staged[deb],
+                                   timeout=tm.apt_budget(self.restart_budget()))
                 elif step.action == pl.UNITS:
+                    state["changed"] = True
                     for f in files:
                         host.write_text(f.path, f.text, f.mode)
                 elif step.action == pl.RELOAD:
                     host.sh("systemctl daemon-reload", what="systemctl daemon-reload")
                     host.sh(f"systemctl enable {ENGINE_UNIT}", what=f"systemctl enable {ENGINE_UNIT}")
+                    self._budget = None  # the new units' timeouts count from now on
                 elif step.action == pl.RESTART_SYSBOX:
-                    restart_unit(host, "sysbox.service")
+                    restart_unit(host, "sysbox.service", self.restart_budget())
                 elif step.action == pl.RESTART_ENGINE:
-                    restart_unit(host, ENGINE_UNIT)
+                    restart_unit(host, ENGINE_UNIT, self.restart_budget())
                     wait_engine(self.docker_host, conf)
+                    state["engine_ok"] = True
+                    if guarded:
+                        with contextlib.suppress(OpsError):
+                            rb.drop(host, conf)
                     host.sh(f"systemctl start {GUARD_UNIT}", what=f"systemctl start {GUARD_UNIT}")
                 elif step.action == pl.START_GUARD:
                     host.sh(f"systemctl start {GUARD_UNIT}", what=f"systemctl start {GUARD_UNIT}")
@@ -401,35 +515,74 @@ class Session:
                     j = j.with_done(step.action)
                     jr.write(host, conf, j)
         except OpsError as exc:
+            failure = exc
+            if guarded and not state["engine_ok"]:
+                failure = self._rollback(exc, keep, new_version, state["changed"], state["sysbox"])
             if j is None:
-                raise
-            raise self._recover(exc, names) from None
+                raise failure from None
+            raise self._recover(failure, names) from None
         except KeyboardInterrupt:
             if j is not None:
-                self.emit(f"interrupted: the stopped containers are recorded in {jr.path(conf)}; "
+                self.warn(f"interrupted: the stopped containers are recorded in {jr.path(conf)}; "
                           "run inv update --resume")
             raise
         return {"stopped": names}
+
+    def _rollback(self, exc: OpsError, files: list[str], new_version: str | None, changed: bool,
+                  sysbox: bool) -> OpsError:
+        """The new install did not come up: put the previous files back and start the previous engine."""
+        host, conf = self.host, self.conf
+        if not changed:
+            with contextlib.suppress(OpsError):
+                rb.drop(host, conf)
+            return exc
+        self.emit(f"the update failed ({exc.message}); putting the previous dockerd bundle, units and "
+                  "daemon.json back")
+        restart = self.restart_budget()
+        try:
+            settle(host, ENGINE_UNIT, restart)  # never race a start or stop still running
+            # the new engine unit pulled in the stop hook: stop it while its files are still the new ones
+            host.probe(f"systemctl stop {GUARD_UNIT}", timeout=restart)
+            rb.restore(host, conf, files, new_version)
+            self._budget = None
+            restart_unit(host, ENGINE_UNIT, self.restart_budget())
+            wait_engine(self.docker_host, conf)
+            start_unit_if_loaded(host, GUARD_UNIT)
+        except OpsError as again:
+            return type(exc)(f"{exc.message}; the rollback failed too ({again.message}; the previous files "
+                             f"are kept in {rb.backup_dir(conf)})",
+                             f"see `journalctl -u {ENGINE_UNIT}`; fix the engine, then run inv update --resume",
+                             exc.exit_code)
+        with contextlib.suppress(OpsError):
+            rb.drop(host, conf)
+        kept = " (the new Sysbox stays installed)" if sysbox else ""
+        return type(exc)(f"{exc.message}; rolled back to the previous dockerd bundle, units and daemon.json"
+                         f"{kept}, and the previous engine answers",
+                         exc.hint or f"see `journalctl -u {ENGINE_UNIT}`, fix the bundle, then rerun",
+                         exc.exit_code)
 
     def _recover(self, exc: OpsError, names: list[str]) -> OpsError:
         """After a failed step: bring the engine and the stopped containers back if possible."""
         self.emit(f"update failed ({exc.message}); starting the stopped containers again")
         try:
-            start_unit_if_loaded(self.host, "sysbox.service")
-            start_unit_if_loaded(self.host, ENGINE_UNIT)
+            restart = self.restart_budget()
+            for unit in ("sysbox.service", ENGINE_UNIT):
+                settle(self.host, unit, restart)  # never race a start or stop still running
+            start_unit_if_loaded(self.host, "sysbox.service", restart)
+            start_unit_if_loaded(self.host, ENGINE_UNIT, restart)
             wait_engine(self.docker_host, self.conf, timeout=60)
             bad = start_containers(self.docker_host, self.conf, names)
         except OpsError as again:
-            return OpsError(f"{exc.message}; the stopped containers could not be started ({again.message}) "
-                            f"and are recorded in {jr.path(self.conf)}",
-                            f"{exc.hint or 'fix the cause'}; then run inv update --resume", exc.exit_code)
+            return type(exc)(f"{exc.message}; the stopped containers could not be started ({again.message}) "
+                             f"and are recorded in {jr.path(self.conf)}",
+                             f"{exc.hint or 'fix the cause'}; then run inv update --resume", exc.exit_code)
         if bad:
-            return OpsError(f"{exc.message}; {', '.join(bad)} could not be started and are recorded in "
-                            f"{jr.path(self.conf)}", "fix the cause, then run inv update --resume", exc.exit_code)
+            return type(exc)(f"{exc.message}; {', '.join(bad)} could not be started and are recorded in "
+                             f"{jr.path(self.conf)}", "fix the cause, then run inv update --resume", exc.exit_code)
         with contextlib.suppress(OpsError):
             jr.clear(self.host, self.conf)
-        return OpsError(f"{exc.message}; the {len(names)} stopped container(s) were started again",
-                        exc.hint, exc.exit_code)
+        return type(exc)(f"{exc.message}; the {len(names)} stopped container(s) were started again",
+                         exc.hint, exc.exit_code)
 
 
 def verify_converged(before: pl.Plan, facts: UpdateFacts, journal_names: list[str]) -> list[str]:
@@ -451,12 +604,12 @@ def verify_converged(before: pl.Plan, facts: UpdateFacts, journal_names: list[st
 
 @contextlib.contextmanager
 def session(base_ctx: Any, conf: CaiConfig, target_text: str, opts: Options, emit: Emit,
-            confirm: Callable[[str], bool] | None = None) -> Iterator[Session]:
+            confirm: Callable[[str], bool] | None = None, warn: Emit | None = None) -> Iterator[Session]:
     """Resolve the target and open a Session on it."""
     from ops.targets import resolve
 
     resolved = resolve(target_text, conf, base_ctx)
-    s = Session(resolved, conf, opts, emit, confirm)
+    s = Session(resolved, conf, opts, emit, confirm, warn)
     try:
         yield s
     finally:
@@ -464,20 +617,27 @@ def session(base_ctx: Any, conf: CaiConfig, target_text: str, opts: Options, emi
 
 
 def run_update(base_ctx: Any, conf: CaiConfig, target_text: str, opts: Options, emit: Emit,
-               confirm: Callable[[str], bool] | None = None) -> dict[str, Any]:
-    """The whole update of one target; returns the report (raises OpsError / RefusedError)."""
+               confirm: Callable[[str], bool] | None = None, warn: Emit | None = None) -> dict[str, Any]:
+    """The whole update of one target; returns the report (raises OpsError / RefusedError).
+
+    A real run (not ``--dry-run``) holds the target's update lock from before it reads anything until
+    it ends, ``--resume`` included; a journal of an interrupted update makes a plain run refuse.
+    """
     report: dict[str, Any] = {"schema": 1, "target": target_text, "dry_run": opts.dry_run}
-    with session(base_ctx, conf, target_text, opts, emit, confirm) as s:
+    with session(base_ctx, conf, target_text, opts, emit, confirm, warn) as s:
         report["target"] = s.resolved.name
         report["platform"] = s.resolved.platform
         if not opts.dry_run:
             s.host  # noqa: B018 - root access is checked first: a clear "not root" before anything else
+            s.take_lock()
         if opts.resume:
             if opts.dry_run:
-                j = jr.read(s.host, conf)
+                j = jr.read(s.reader, conf)
                 emit("would start again: " + (", ".join(j.containers) if j else "nothing (no journal)"))
             else:
                 report["resume"] = s.resume()
+        else:
+            s.check_journal()
         facts = s.facts()
         p = pl.plan(facts)
         report["before"] = facts.summary()

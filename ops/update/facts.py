@@ -118,15 +118,28 @@ def bundle_of(conf: CaiConfig, arch: str, where: str = "") -> tuple[SysboxVersio
     return sysbox_v, deb, dockerd_v, tarball
 
 
-def gather(resolved: Any, conf: CaiConfig) -> UpdateFacts:
-    """Gather the host-side facts of a resolved target (containers are gathered separately)."""
+def drift_as_root(reader: Any, conf: CaiConfig) -> tuple[list[RenderedFile], list[Drift]]:
+    """Render for a target and compare with what it has installed, reading the installed files
+    through ``reader`` (an ``ops.update.hostio.Host``: as root, the way they are written): a file
+    only root can read is read, and one that cannot be read is an error, never "missing"."""
+    from ops.units import DAEMON_JSON, detect_drift, managed_paths, render
+
+    paths = managed_paths(conf)
+    files = reader.read_files(paths)
+    installed = {p: files[p].text if files[p].exists else None for p in paths}
+    rendered = render(conf, installed.get(DAEMON_JSON))
+    return rendered, detect_drift(rendered, installed)
+
+
+def gather(resolved: Any, conf: CaiConfig, reader: Any) -> UpdateFacts:
+    """Gather the host-side facts of a resolved target (containers are gathered separately);
+    managed files are read through ``reader`` (see :func:`drift_as_root`)."""
     from ops.facts import bundle_installed, sysbox_installed
-    from ops.units import drift_on
 
     ctx = resolved.ctx
     host = probe_host_state(ctx, conf)
     sysbox_v, deb, dockerd_v, tarball = bundle_of(conf, resolved.facts.arch, resolved.name)
-    rendered, drift = drift_on(ctx, conf)
+    rendered, drift = drift_as_root(reader, conf)
     return UpdateFacts(
         target=resolved.name,
         platform=resolved.platform,
@@ -143,11 +156,17 @@ def gather(resolved: Any, conf: CaiConfig) -> UpdateFacts:
     )
 
 
+#: Engine unit states in which no container can run: the update may proceed to install a fix.
+DOWN_STATES = ("failed", "inactive")
+
+
 def running_containers(docker_host: str, conf: CaiConfig, host: HostState,
-                       where: str = "") -> tuple[ManagedContainer, ...]:
+                       where: str = "", allow_down: bool = False) -> tuple[ManagedContainer, ...]:
     """The running managed containers; an engine that should answer and does not is an error.
 
-    A host without the engine unit and without its socket has no engine yet: nothing runs.
+    A host without the engine unit and without its socket has no engine yet: nothing runs. With
+    ``allow_down`` (``--stop-containers``), an engine whose unit is failed or inactive runs nothing
+    either, so a fixed bundle can still be installed.
     """
     from ops.engine import Engine
 
@@ -156,9 +175,13 @@ def running_containers(docker_host: str, conf: CaiConfig, host: HostState,
     try:
         engine = Engine.connect(docker_host, conf.label, timeout=30)
     except EngineError:
+        if allow_down and host.engine_state in DOWN_STATES:
+            return ()
         state = f"{ENGINE_UNIT} is {host.engine_state}"
+        more = (" or `inv update --stop-containers` to install the update with the engine down"
+                if host.engine_state in DOWN_STATES else "")
         raise EngineError(f"the engine of {where or 'the target'} ({conf.docker_host}) does not answer "
-                          f"({state})", f"start it with `systemctl start {ENGINE_UNIT}` "
+                          f"({state})", f"start it with `systemctl start {ENGINE_UNIT}`{more} "
                           "(or `inv update --resume` after an interrupted update), then rerun") from None
     try:
         return tuple(engine.running_managed())

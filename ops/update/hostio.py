@@ -1,22 +1,44 @@
-"""Acting on a host through its Context: root commands and atomic file writes.
+"""Acting on a host through its Context: root commands, privileged reads and durable file writes.
 
 This is the one place that knows how to put a file on a target: ``fabric.Connection.put`` for a remote
 host, a plain copy for the local ``invoke.Context`` (which has no ``put``). Everything else goes through
-``ctx.run`` with ``in_stream=False``, prefixed with ``sudo -n`` when the login user is not root.
+``ctx.run`` with ``in_stream=False``, prefixed with ``sudo -n`` when the login user is not root. Files
+the update replaces are read through that same privileged path, so a file only root can read is read,
+and one that cannot be read at all is an error, never "missing".
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import os
 import shlex
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ops.errors import OpsError
-from ops.targets import describe, run
+from ops.errors import OpsError, TargetError
+from ops.targets import describe
+
+#: The time a read-only probe gets (a command that does real work gets a budget of its own).
+PROBE_TIMEOUT = 60
+
+
+class CutError(OpsError):
+    """A command was cut by its timeout (it may still be running on the host)."""
+
+
+@dataclass(frozen=True)
+class FileState:
+    """A file on the target as root sees it."""
+
+    path: str
+    exists: bool
+    text: str | None = None  # None when it does not exist
+    mode: int | None = None  # permission bits, when it exists
 
 
 class Host:
@@ -30,7 +52,7 @@ class Host:
     @classmethod
     def open(cls, ctx: Any) -> Host:
         """Check root access on the target: root, or passwordless sudo; else a clear error."""
-        code, out, _err = run(ctx, "id -u; sudo -n true >/dev/null 2>&1 && echo sudo-ok")
+        code, out, _err = _run(ctx, "id -u; sudo -n true >/dev/null 2>&1 && echo sudo-ok", PROBE_TIMEOUT)
         lines = out.split()
         if code != 0 and not lines:
             raise OpsError(f"cannot run commands on {describe(ctx)}", "check that the host is up")
@@ -46,10 +68,21 @@ class Host:
         """The host's name for messages."""
         return describe(self.ctx)
 
-    def sh(self, command: str, what: str = "", timeout: int | None = 600, check: bool = True) -> str:
+    def root_command(self, command: str) -> str:
+        """``command`` as it runs as root on the host (wrapped in ``sudo -n sh -c`` when needed)."""
+        return f"{self.sudo}sh -c {shlex.quote(command)}" if self.sudo else command
+
+    def run(self, command: str, what: str = "", timeout: int = PROBE_TIMEOUT) -> tuple[int, str, str]:
+        """Run a command as root; never raises on a non-zero exit; a cut command raises CutError."""
+        try:
+            return _run(self.ctx, self.root_command(command), timeout)
+        except CutError as exc:
+            raise CutError(f"{what or command.split()[0]} was cut after {timeout}s on {self.name} "
+                           "(its timeout; it may still be running there)", exc.hint) from None
+
+    def sh(self, command: str, what: str = "", timeout: int = 600, check: bool = True) -> str:
         """Run a shell command as root; raise OpsError with its last stderr line when it fails."""
-        full = f"{self.sudo}sh -c {shlex.quote(command)}" if self.sudo else command
-        code, out, err = run(self.ctx, full, timeout=timeout)
+        code, out, err = self.run(command, what, timeout)
         if code != 0 and check:
             tail = [line for line in (err or out).strip().splitlines() if line.strip()]
             raise OpsError(f"{what or command.split()[0]} failed on {self.name} (exit {code})"
@@ -57,15 +90,14 @@ class Host:
                            "fix the cause shown, then rerun (inv update --resume restarts stopped containers)")
         return out
 
-    def probe(self, command: str) -> tuple[int, str, str]:
+    def probe(self, command: str, timeout: int = PROBE_TIMEOUT) -> tuple[int, str, str]:
         """Run a read-only command as root; never raises on a non-zero exit."""
-        full = f"{self.sudo}sh -c {shlex.quote(command)}" if self.sudo else command
-        return run(self.ctx, full)
+        return self.run(command, timeout=timeout)
 
     def staging(self) -> str:
         """A private temporary directory on the target (created once, removed by ``cleanup``)."""
         if self._staging is None:
-            code, out, err = run(self.ctx, "mktemp -d /tmp/containai-ops.XXXXXX")
+            code, out, err = _run(self.ctx, "mktemp -d /tmp/containai-ops.XXXXXX", PROBE_TIMEOUT)
             if code != 0 or not out.strip():
                 raise OpsError(f"cannot create a temporary directory on {self.name}: {err.strip()[:200]}",
                                "check that /tmp is writable")
@@ -76,7 +108,7 @@ class Host:
         """Remove the staging directory."""
         if self._staging:
             with contextlib.suppress(Exception):
-                run(self.ctx, f"rm -rf {shlex.quote(self._staging)}")
+                _run(self.ctx, f"rm -rf {shlex.quote(self._staging)}", PROBE_TIMEOUT)
             self._staging = None
 
     def upload(self, local: str | Path, name: str) -> str:
@@ -94,7 +126,11 @@ class Host:
         return remote
 
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
-        """Write a file atomically as root: stage it, install it beside the target, rename over it."""
+        """Write a file atomically and durably as root (see :func:`install_command`).
+
+        A file that exists keeps its mode and owner (plus the execute bits of ``mode``, so a script
+        stays executable); a new file gets ``mode``.
+        """
         fd, local = tempfile.mkstemp(prefix="cai-")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -103,15 +139,112 @@ class Host:
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(local)
-        directory = os.path.dirname(path) or "/"
-        tmp = f"{directory}/.{Path(path).name}.cai-new"
-        q = shlex.quote
-        self.sh(f"mkdir -p {q(directory)} && install -m {mode:o} {q(staged)} {q(tmp)} && mv -f {q(tmp)} {q(path)}",
-                what=f"writing {path}")
+        self.sh(install_command(staged, path, mode), what=f"writing {path}")
+
+    def read_files(self, paths: list[str]) -> dict[str, FileState]:
+        """Read files as root in one round trip; a file that exists but cannot be read is an error."""
+        code, out, err = self.probe(dump_command(paths))
+        found = parse_dump(out)
+        unreadable = [p for p in paths if found.get(p) == UNREADABLE]
+        if unreadable or any(p not in found for p in paths):
+            bad = unreadable or [p for p in paths if p not in found]
+            how = "as root" if not self.sudo else "through sudo"
+            raise OpsError(f"cannot read {', '.join(bad)} on {self.name} {how}"
+                           + (f" ({err.strip().splitlines()[-1][:200]})" if err.strip() else ""),
+                           "check the file (a directory, a broken mount, a permission root lacks), "
+                           "then rerun; an unreadable file is never treated as missing")
+        states = {}
+        for p in paths:
+            value = found[p]
+            states[p] = value if isinstance(value, FileState) else FileState(p, False)
+        return states
 
     def read_text(self, path: str) -> str | None:
-        """A file's content on the target, or None when it does not exist."""
-        code, out, _err = self.probe(f"cat {shlex.quote(path)} 2>/dev/null || echo @@MISSING@@")
-        if out.strip() == "@@MISSING@@":
-            return None
-        return out
+        """A file's content on the target (read as root), or None when it does not exist."""
+        state = self.read_files([path])[path]
+        return state.text if state.exists else None
+
+
+def _run(ctx: Any, command: str, timeout: int) -> tuple[int, str, str]:
+    """Run on a Context without reading our stdin; a timeout is CutError, a lost host TargetError."""
+    try:
+        result = ctx.run(command, hide=True, warn=True, in_stream=False, timeout=timeout, pty=False)
+    except Exception as exc:
+        from invoke.exceptions import CommandTimedOut
+
+        if isinstance(exc, CommandTimedOut):
+            raise CutError(f"{command.split()[0]} was cut after {timeout}s on {describe(ctx)}",
+                           "see what it was doing on the host, then rerun") from None
+        text = str(exc).strip()
+        first = (text.splitlines()[0] if text else type(exc).__name__)[:200]
+        raise TargetError(f"cannot reach {describe(ctx)} ({first})",
+                          "check that the host is up and the SSH key is right") from None
+    return int(result.exited), str(result.stdout), str(result.stderr)
+
+
+def install_command(staged: str, path: str, mode: int) -> str:
+    """Shell that installs ``staged`` as ``path``: a temporary file beside it (the existing file's mode
+    and owner, or ``mode``), ``sync`` of that file, rename over ``path``, ``sync`` of the directory.
+
+    ``sync FILE`` (GNU coreutils 8.24 or later: every Debian and Ubuntu release in support) calls
+    fsync on each file it is given, a directory included.
+    """
+    q = shlex.quote
+    directory = os.path.dirname(path) or "/"
+    tmp = f"{directory}/.{Path(path).name}.cai-new"
+    exec_bits = f"{mode & 0o111:o}"
+    return (f"set -e; p={q(path)}; t={q(tmp)}; mkdir -p {q(directory)}; rm -f \"$t\"; "
+            f"cp {q(staged)} \"$t\"; "
+            "if [ -f \"$p\" ]; then chown --reference=\"$p\" \"$t\"; "
+            f"m=$(stat -c %a \"$p\"); chmod \"$(printf '%o' $(( 0$m | 0{exec_bits} )))\" \"$t\"; "
+            f"else chown 0:0 \"$t\"; chmod {mode:o} \"$t\"; fi; "
+            f"sync \"$t\"; mv -f \"$t\" \"$p\"; sync {q(directory)}")
+
+
+# --- reading files as root --------------------------------------------------------------------------
+
+_MARK = "@@CAI-FILE "
+UNREADABLE = "unreadable"
+
+
+def dump_command(paths: list[str]) -> str:
+    """Shell printing, per path, a marker line and then ``missing``, ``unreadable`` or
+    ``<octal mode> <base64 of the content>`` (one round trip for all files)."""
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    # missing only when the deepest path that exists above the file is a directory that can be searched
+    # (or no directory at all): behind one that cannot be searched, the file's state is unknown
+    # (unreadable), not "missing"
+    return (f"for f in {quoted}; do printf '\\n{_MARK}%s\\n' \"$f\"; "
+            "if [ ! -e \"$f\" ] && [ ! -L \"$f\" ]; then a=$(dirname \"$f\"); "
+            "while [ ! -e \"$a\" ] && [ \"$a\" != / ] && [ \"$a\" != . ]; do a=$(dirname \"$a\"); done; "
+            "if [ ! -d \"$a\" ] || [ -x \"$a\" ]; then echo missing; else echo unreadable; fi; "
+            "elif [ -f \"$f\" ] && c=$(base64 -w0 < \"$f\" 2>/dev/null); then "
+            "printf 'file %s %s\\n' \"$(stat -L -c %a \"$f\")\" \"$c\"; "
+            "else echo unreadable; fi; done; echo")
+
+
+def parse_dump(text: str) -> dict[str, FileState | str]:
+    """Pure parser of :func:`dump_command` output: path -> FileState, or ``UNREADABLE``."""
+    found: dict[str, FileState | str] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        if line.startswith(_MARK):
+            current = line[len(_MARK):]
+            continue
+        if current is None or not line.strip():
+            continue
+        body = line.strip()
+        if body == "missing":
+            found[current] = FileState(current, False)
+        elif body.startswith("file "):
+            parts = body.split(" ", 2)
+            try:
+                data = base64.b64decode(parts[2] if len(parts) > 2 else "", validate=True)
+                found[current] = FileState(current, True, data.decode("utf-8", errors="replace"),
+                                           int(parts[1], 8))
+            except (ValueError, binascii.Error, IndexError):
+                found[current] = UNREADABLE
+        else:
+            found[current] = UNREADABLE
+        current = None
+    return found

@@ -1,5 +1,10 @@
 """The update journal: which managed containers were running, written on the target BEFORE any is
-stopped, updated after each step, cleared only when they run again. ``inv update --resume`` reads it."""
+stopped, updated after each step, cleared only when they run again. ``inv update --resume`` reads it;
+a plain ``inv update`` refuses while it exists (it is never overwritten by a new run).
+
+Every write is durable: a temporary file beside it, fsync (``sync FILE``), rename, fsync of the
+directory (see ``ops.update.hostio.install_command``), so a power cut leaves the old or the new
+journal, never none."""
 
 from __future__ import annotations
 
@@ -77,7 +82,7 @@ def write(host: Any, conf: CaiConfig, j: Journal) -> None:
 
 
 def read(host: Any, conf: CaiConfig) -> Journal | None:
-    """The journal on the target, or None."""
+    """The journal on the target, or None (read as root; an unreadable journal is an error)."""
     text = host.read_text(path(conf))
     if text is None:
         return None

@@ -1,12 +1,15 @@
 """The update's building blocks with real tools on this machine: the local Context (no ``put``),
-tar, atomic links, the journal, parallel stop/start on a real dockerd, and ``inv update`` on a host
-whose PID 1 is not systemd."""
+tar, atomic links, the journal (written durably), the update lock (flock), privileged reads, the
+rollback copy, parallel stop/start on a real dockerd, and ``inv update``'s bad input. The probes of
+the host whose PID 1 is not systemd are given to the update (golden probe output), so nothing here
+depends on what PID 1 of the machine running the tests is."""
 
 from __future__ import annotations
 
 import io
 import os
 import subprocess
+import sys
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -17,6 +20,7 @@ import invoke
 import pytest
 from _cli import inv
 
+from ops import units
 from ops.config import CaiConfig
 from ops.errors import OpsError
 from ops.lab.bundle import build_sysbox_deb, write_sha256
@@ -152,19 +156,52 @@ def test_stop_and_start_managed_in_parallel(fleet: dict[str, Any], tmp_path: Pat
     assert start_containers(fleet["host"], c, [*fleet["names"], "t-update-nonexistent"]) == ["t-update-nonexistent"]
 
 
-def test_inv_update_local_bad_input_and_no_systemd(tmp_path: Path) -> None:
-    env = {"INVOKE_CAI_BUNDLE_DIR": str(tmp_path / "missing"), "INVOKE_CAI_OPT_DIR": str(tmp_path / "opt")}
+def test_inv_update_local_bad_input(tmp_path: Path) -> None:
+    env = {"INVOKE_CAI_BUNDLE_DIR": str(tmp_path / "missing"), "INVOKE_CAI_OPT_DIR": str(tmp_path / "opt"),
+           "INVOKE_CAI_STATE_DIR": str(tmp_path / "state")}
     r = inv("update", env=env)
     assert r.returncode == 1 and r.stderr.startswith("error: the bundle directory") and r.stderr.count("\n") == 1
-    # a bundle with the fixture .deb and a tarball: this machine's PID 1 is not systemd -> refused, exit 1
+    assert (tmp_path / "state" / "update.lock").is_file()  # taken (and released) before anything was read
+
+
+GOLDEN = ROOT / "tests" / "unit" / "golden"
+
+
+def test_update_refuses_a_wsl2_host_without_systemd(tmp_path: Path) -> None:
+    """The update of a WSL2 distribution whose PID 1 is not systemd stops with the wsl.conf hint and
+    changes nothing. The host's probes are golden outputs of such a host, given to the real update flow
+    through invoke's MockContext (it answers them and runs nothing), so the result does not depend on
+    the machine running the test."""
+    import re
+
+    from invoke import Config, MockContext, Result
+
+    from ops.update.apply import Options, run_update
+
     bundle = tmp_path / "bundle"
     fake_bundle(bundle, "27.3.1")
     build_sysbox_deb("0.6.7+containai.20260101", bundle)
-    env["INVOKE_CAI_BUNDLE_DIR"] = str(bundle)
-    r = inv("update", "--dry-run", env={**env, "INVOKE_CAI_PLATFORM": "wsl2"})
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "systemd is not PID 1 in this WSL2 distribution" in r.stderr and "wsl.conf" in r.stderr
-    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    c = conf(tmp_path, bundle_dir=str(bundle), platform="wsl2")
+    probe = GOLDEN / "probe"
+    missing = "".join(f"\n@@CAI-FILE {p}\nmissing" for p in units.managed_paths(c)) + "\n"
+    answers = {
+        re.compile(r"echo os=\$\(uname -s\)"): Result((probe / "wsl2-no-systemd.txt").read_text()),
+        re.compile(r"echo pid1=.*engine_state"): Result((probe / "host-state-wsl2-no-systemd.txt").read_text()),
+        re.compile(r"id -u; sudo -n true"): Result("0\n"),
+        re.compile(r".*sysbox-runc --version"): Result((GOLDEN / "sysbox-runc" / "upstream-0.6.7.txt").read_text()
+                                                       + "__rc=0\n"),
+        re.compile(r"d=.*VERSION"): Result("version-missing\n"),
+        re.compile(r"for f in \S*update-journal"): Result(f"\n@@CAI-FILE {jr.path(c)}\nmissing\n"),
+        re.compile(r"for f in "): Result(missing),
+    }
+    ctx = MockContext(config=Config(overrides={"cai": {}}), run=answers, repeat=True)
+    with pytest.raises(OpsError) as err:
+        run_update(ctx, c, "local", Options(dry_run=True), lambda line: None)
+    assert err.value.line() == ("systemd is not PID 1 in this WSL2 distribution: add [boot] systemd=true to "
+                                "/etc/wsl.conf, run `wsl --shutdown` in Windows, reopen the distribution and rerun")
+    commands = " ".join(call.args[0] for call in ctx.run.call_args_list)  # type: ignore[attr-defined]
+    assert "uname -s" in commands and "engine_state" in commands
+    assert not any(word in commands for word in ("systemctl restart", "mv -f", "apt-get", "flock"))
 
 
 def test_units_render_task(tmp_path: Path) -> None:
@@ -180,3 +217,138 @@ def test_units_render_task(tmp_path: Path) -> None:
     assert all((out / name).read_text() == text for name, text in rendered.items())
     r = inv("units.render")
     assert r.returncode == 0 and "# ==> /etc/systemd/system/containai-docker.service" in r.stdout
+
+
+# --- the update's safety pieces, with the real tools they use on a host ----------------------------------
+
+def test_update_lock_is_exclusive_and_dies_with_its_holder(tmp_path: Path) -> None:
+    from ops.targets import Target
+    from ops.update import lock
+
+    c = conf(tmp_path)
+    first = lock.acquire(Target("local"), c, "", "local")
+    try:
+        with pytest.raises(OpsError) as busy:
+            lock.acquire(Target("local"), c, "", "local")
+        line = busy.value.line()
+        assert line.startswith(f"another update holds the lock on local: pid {os.getpid()} of "), line
+        assert "since 20" in line and "released when that update ends" in line
+    finally:
+        first.release()
+    # the holder dies with the process that took the lock (killed, not released): the lock is free
+    script = ("import sys, time; from ops.config import CaiConfig; from ops.targets import Target; "
+              "from ops.update import lock; "
+              f"lock.acquire(Target('local'), CaiConfig.from_mapping({{'state_dir': {str(tmp_path / 'state')!r}}}), "
+              "'', 'local'); print('held', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        with pytest.raises(OpsError, match="another update holds the lock"):
+            lock.acquire(Target("local"), c, "", "local")
+    finally:
+        proc.kill()
+        proc.wait()
+    lock.acquire(Target("local"), c, "", "local").release()
+
+
+def test_journal_write_syncs_the_file_and_its_directory(tmp_path: Path) -> None:
+    """Traced with strace: the journal's temporary file is fsync'ed, renamed over the journal, and the
+    directory is fsync'ed after the rename."""
+    state = tmp_path / "state"
+    trace = tmp_path / "trace"
+    script = ("import invoke; from ops.config import CaiConfig; from ops.update import journal as jr; "
+              "from ops.update.hostio import Host; "
+              f"c = CaiConfig.from_mapping({{'state_dir': {str(state)!r}}}); h = Host(invoke.Context(), ''); "
+              "jr.write(h, c, jr.Journal('local', ('a', 'b'), ('stop-containers',))); h.cleanup()")
+    subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,fsync,rename,renameat,renameat2", "-o", str(trace),
+                    sys.executable, "-c", script], cwd=ROOT, check=True, capture_output=True)
+    calls = trace.read_text().splitlines()
+    fds: dict[str, str] = {}
+    events = []
+    for line in calls:
+        if "openat(" in line and "= " in line and not line.rstrip().endswith("(No such file or directory)"):
+            path = line.split('"')[1]
+            fds[line.split()[0] + ":" + line.rsplit("= ", 1)[1].split()[0]] = path
+        elif "fsync(" in line:
+            fd = line.split("fsync(")[1].split(")")[0]
+            events.append(("fsync", fds.get(line.split()[0] + ":" + fd, "?")))
+        elif "rename" in line and jr.NAME in line:
+            events.append(("rename", line.split('"')[-2]))
+    new = f"{state}/.{jr.NAME}.cai-new"
+    final = f"{state}/{jr.NAME}"
+    assert ("fsync", new) in events and ("rename", final) in events and ("fsync", str(state)) in events, events
+    assert events.index(("fsync", new)) < events.index(("rename", final)) < events.index(("fsync", str(state)))
+    assert oct((state / jr.NAME).stat().st_mode & 0o777) == "0o600"
+
+
+def test_files_are_read_as_root_unreadable_is_not_missing_and_modes_are_kept(tmp_path: Path) -> None:
+    secret = tmp_path / "daemon.json"
+    secret.write_text('{"bridge": "none"}\n')
+    secret.chmod(0o600)
+    tmp_path.chmod(0o755)
+    root = Host(invoke.Context(), "")
+    states = root.read_files([str(secret), str(tmp_path / "nope")])
+    assert states[str(secret)].text == '{"bridge": "none"}\n' and states[str(secret)].mode == 0o600
+    assert not states[str(tmp_path / "nope")].exists and root.read_text(str(tmp_path / "nope")) is None
+    # the same read as a user who cannot read the file: an error naming it, never "missing"
+    nobody = Host(invoke.Context(), "runuser -u nobody -- ")
+    with pytest.raises(OpsError, match=f"cannot read {secret} on local host through sudo"):
+        nobody.read_files([str(secret)])
+    # a replaced file keeps its mode (0600 stays 0600); a script keeps its execute bits; a new file
+    # gets the mode asked for
+    try:
+        root.write_text(str(secret), '{"bridge": "none", "hosts": []}\n', 0o644)
+        script = tmp_path / "guard"
+        script.write_text("#!/bin/sh\n")
+        script.chmod(0o700)
+        root.write_text(str(script), "#!/bin/sh\nexit 0\n", 0o755)
+        root.write_text(str(tmp_path / "new.service"), "[Unit]\n", 0o644)
+    finally:
+        root.cleanup()
+    assert secret.stat().st_mode & 0o777 == 0o600 and "hosts" in secret.read_text()
+    assert script.stat().st_mode & 0o777 == 0o711
+    assert (tmp_path / "new.service").stat().st_mode & 0o777 == 0o644
+    assert not list(tmp_path.glob(".*.cai-new"))
+
+
+def test_a_command_cut_by_its_timeout_is_reported_as_cut(tmp_path: Path) -> None:
+    from ops.update.hostio import CutError
+
+    host = Host(invoke.Context(), "")
+    with pytest.raises(CutError) as cut:
+        host.sh("sleep 30", what="systemctl restart containai-docker.service", timeout=1)
+    assert cut.value.message == ("systemctl restart containai-docker.service was cut after 1s on local host "
+                                 "(its timeout; it may still be running there)")
+
+
+def test_rollback_copy_puts_links_version_and_files_back(tmp_path: Path) -> None:
+    """The rollback copy and its restore, run for real on a local opt dir: links switched by a new
+    bundle, a replaced file, a file that did not exist, and the new version directory all go back."""
+    from ops.update import rollback as rb
+
+    c = conf(tmp_path)
+    host = Host(invoke.Context(), "")
+    opt = tmp_path / "opt"
+    unit = tmp_path / "etc" / "engine.service"
+    guard = tmp_path / "etc" / "guard.service"
+    unit.parent.mkdir()
+    unit.write_text("old unit\n")
+    unit.chmod(0o640)
+    try:
+        install_dockerd(host, c, fake_bundle(tmp_path / "b1", "27.0.1", ("dockerd", "docker", "docker-init")),
+                        "27.0.1")
+        before = {p.name: os.readlink(p) for p in (opt / "bin").iterdir()}
+        files = [str(unit), str(guard)]
+        host.sh(rb.backup_script(c, files, "27.3.1"))
+        install_dockerd(host, c, fake_bundle(tmp_path / "b2", "27.3.1"), "27.3.1")
+        host.write_text(str(unit), "new unit\n", 0o644)
+        host.write_text(str(guard), "new guard\n", 0o644)
+        assert (opt / "VERSION").read_text() == "27.3.1\n"
+        host.sh(rb.restore_script(c, files, "27.3.1"))
+    finally:
+        host.cleanup()
+    assert {p.name: os.readlink(p) for p in (opt / "bin").iterdir()} == before
+    assert (opt / "VERSION").read_text() == "27.0.1\n"
+    assert unit.read_text() == "old unit\n" and unit.stat().st_mode & 0o777 == 0o640
+    assert not guard.exists() and not (opt / "docker" / "27.3.1").exists()
+    assert (opt / "docker" / "27.0.1" / "dockerd").is_file()

@@ -68,8 +68,9 @@ def run_container(host: Any, name: str, managed: bool, delay: int = 0, data_file
     """Start a container that traps SIGTERM (see TRAP) with a volume ``<name>-vol`` at /data."""
     label = "--label containai.managed=true --label containai.ssh-port=0" if managed else ""
     cmd = TRAP.format(delay=delay).replace("'", "'\"'\"'")
-    sh(host, image_script("t-busy") + f"{D} run -d --name {name} --network none {label} --stop-timeout 100 "
-                            f"-v {name}-vol:/data t-busy sh -c '{cmd}' >/dev/null")
+    # runc named: Sysbox cannot run here, and an updated daemon.json makes sysbox-runc the default runtime
+    sh(host, image_script("t-busy") + f"{D} run -d --name {name} --network none --runtime runc {label} "
+                            f"--stop-timeout 100 -v {name}-vol:/data t-busy sh -c '{cmd}' >/dev/null")
     if data_files:
         sh(host, f"{D} exec {name} sh -c 'for i in $(seq 1 {data_files}); do "
                  f"seq 1 $i > /data/file-$i; done; mkdir -p /data/sub && seq 1 5000 > /data/sub/big'")
@@ -122,14 +123,15 @@ ls /opt/containai/docker 2>/dev/null
 sha256sum /etc/systemd/system/containai-docker.service /etc/systemd/system/containai-docker-guard.service \
   /etc/containai/docker/daemon.json /opt/containai/libexec/containai-guard 2>&1
 systemctl show -p ActiveEnterTimestamp -p ExecMainPID containai-docker.service
-ls -A /var/lib/containai-ops 2>/dev/null
+ls -A /var/lib/containai-ops 2>/dev/null | grep -v '^update.lock' || true
 {D} ps -a --format '{{{{.Names}}}} {{{{.State}}}}' | sort
 {D} inspect -f '{{{{.Name}}}} {{{{.State.StartedAt}}}}' $({D} ps -aq) 2>/dev/null | sort
 """
 
 
 def snapshot(host: Any) -> str:
-    """Everything an update could change on the host, as text."""
+    """Everything an update could change on the host, as text (the update lock, which every real run
+    takes and releases, is not a change)."""
     return sh(host, SNAPSHOT, check=False)
 
 

@@ -167,12 +167,19 @@ def test_update_bad_input(old_host: tuple[Any, Path], tmp_path: Path) -> None:
     assert snapshot(host) == before and journal_text(host) == ""
     assert "0.6.6+containai.20250101" in sh(host, "sysbox-runc --version")
 
-    # state dir not writable: nothing is stopped (the journal comes first)
+    # state dir not usable: the update lock (taken first) cannot be taken there, nothing is read or stopped
     sh(host, "rm -rf /var/lib/containai-ops && touch /var/lib/containai-ops")
     r = inv(["update", "--target", host.target, "--stop-containers"], host, bundle)
-    assert r.returncode == 1 and "journal" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert r.returncode == 1 and "cannot take the update lock" in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert all_running(host)
     sh(host, "rm -f /var/lib/containai-ops")
+    # the journal cannot be written (its temporary name is taken by a directory): nothing is stopped
+    sh(host, "mkdir -p /var/lib/containai-ops/.update-journal.json.cai-new/x")
+    r = inv(["update", "--target", host.target, "--stop-containers"], host, bundle)
+    assert r.returncode == 1 and "cannot write the update journal" in r.stderr, r.stderr
+    assert "nothing was stopped" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert all_running(host)
+    sh(host, "rm -rf /var/lib/containai-ops/.update-journal.json.cai-new")
 
     # unit directory not writable (a file where the directory should be)
     r = inv(["update", "--target", host.target, "--stop-containers"], host, bundle,
@@ -192,7 +199,7 @@ def test_update_bad_input(old_host: tuple[Any, Path], tmp_path: Path) -> None:
     assert r.returncode == 1 and "needs root" in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert all_running(host)
 
-    # engine unreachable
+    # engine unreachable (stopped): a plain update says so; --stop-containers would install anyway
     sh(host, "systemctl stop containai-docker")
-    r = inv(["update", "--target", host.target, "--stop-containers"], host, bundle)
+    r = inv(["update", "--target", host.target], host, bundle)
     assert r.returncode == 1 and "does not answer" in r.stderr and r.stderr.count("\n") == 1, r.stderr
