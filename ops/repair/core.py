@@ -15,6 +15,7 @@ from ops.config import CaiConfig
 from ops.engine import Engine, ManagedContainer
 from ops.errors import ConfigError
 from ops.repair.scope import (
+    MountedVolumeError,
     Owner,
     Volume,
     detect_owner,
@@ -171,20 +172,39 @@ class VolumeResult:
 
     @property
     def failed(self) -> bool:
-        """True when the walk could not run or hit errors."""
-        return bool(self.error) or bool(self.stats and self.stats.errors)
+        """True when damage may remain: the volume was skipped or refused, the walk could not run, an
+        entry failed or changed during the walk."""
+        if self.error or self.skipped_reason or self.plan.owner is None:
+            return True
+        return self.stats is None or not self.stats.complete
 
 
-def preflight(data_root: str, plans: list[VolumePlan]) -> dict[str, int]:
-    """Open every planned volume root safely before anything changes; raise on the first unsafe one."""
-    fds: dict[str, int] = {}
+@dataclass
+class Preflight:
+    """Every planned volume root opened (``fds``), or refused with a reason (``refused``)."""
+
+    fds: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+def preflight(data_root: str, plans: list[VolumePlan]) -> Preflight:
+    """Open every planned volume root safely before anything changes.
+
+    A volume whose ``_data`` is a mount point is refused (the others go on); any other unsafe path
+    (a symlink, not a directory) raises at once, with nothing changed anywhere.
+    """
+    out = Preflight()
+    fds = out.fds
     todo = [p for p in plans if p.owner is not None]
     if not todo:
-        return fds
+        return out
     volumes_fd = open_data_root(data_root)
     try:
         for p in todo:
-            fds[p.name] = open_volume(volumes_fd, data_root, p.name)
+            try:
+                fds[p.name] = open_volume(volumes_fd, data_root, p.name)
+            except MountedVolumeError as exc:
+                out.refused[p.name] = exc.message
     except BaseException:
         for fd in fds.values():
             with contextlib.suppress(OSError):
@@ -192,23 +212,28 @@ def preflight(data_root: str, plans: list[VolumePlan]) -> dict[str, int]:
         raise
     finally:
         os.close(volumes_fd)
-    return fds
+    return out
 
 
 def apply(
     plans: list[VolumePlan],
-    fds: dict[str, int],
+    opened: Preflight,
     dry_run: bool,
     workers: int,
     on_start: Callable[[VolumePlan], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> list[VolumeResult]:
-    """Walk every planned volume (closing the fds); skipped plans pass through with their reason."""
+    """Walk every planned volume (closing the fds); skipped and refused plans pass through with their
+    reason."""
     results = []
+    fds = opened.fds
     try:
         for p in plans:
             if p.owner is None:
                 results.append(VolumeResult(p, None, "", dry_run, p.skip))
+                continue
+            if p.name in opened.refused:
+                results.append(VolumeResult(p, None, "", dry_run, opened.refused[p.name]))
                 continue
             if on_start is not None:
                 on_start(p)
@@ -240,6 +265,9 @@ def check_data_root(engine: Engine, conf: CaiConfig) -> None:
 
 
 def default_workers() -> int:
-    """Walker threads: one per core (max 8). The syscalls release the GIL, which helps when the disk
-    makes them wait; on a warm cache more threads than cores only add GIL hand-offs."""
-    return max(1, min(8, os.cpu_count() or 1))
+    """Walker processes: one per core this process may run on (at most 8)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))

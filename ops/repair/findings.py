@@ -61,7 +61,7 @@ def ownership_findings(engine: Engine, conf: CaiConfig, target: str, platform: s
                 ))
                 continue
             try:
-                stats = walk(fd, WalkOptions(apply=False, workers=2, max_damaged=DETECT_MAX_DAMAGED,
+                stats = walk(fd, WalkOptions(apply=False, workers=1, max_damaged=DETECT_MAX_DAMAGED,
                                              max_entries=DETECT_MAX_ENTRIES, seconds=DETECT_SECONDS,
                                              examples=3))
             finally:

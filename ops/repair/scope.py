@@ -18,6 +18,7 @@ from typing import Any
 
 from ops.engine import Engine, ManagedContainer
 from ops.errors import ConfigError, EngineError, NotFoundError, OpsError
+from ops.repair.walk import mount_id
 
 VOLUME_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
 DEFAULT_ID = 1000
@@ -27,6 +28,10 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 class UnsafeVolumeError(OpsError):
     """A volume's path is not what a plain local volume looks like (e.g. a symlink)."""
+
+
+class MountedVolumeError(UnsafeVolumeError):
+    """A volume's ``_data`` is a mount point (another filesystem or a bind mount): that volume is refused."""
 
 
 # --- pure parsers ------------------------------------------------------------------------------
@@ -275,12 +280,32 @@ def open_data_root(data_root: str) -> int:
 
 
 def open_volume(volumes_fd: int, data_root: str, name: str) -> int:
-    """Open a volume's ``_data`` without following any link below ``<data_root>/volumes``."""
+    """Open a volume's ``_data`` without following any link below ``<data_root>/volumes``.
+
+    Raises UnsafeVolumeError for a symlink or non-directory on the way, MountedVolumeError when
+    ``_data`` is a mount point (its mount ID differs from the volume directory's): the local driver
+    mounts something there only for a volume with options, which are refused earlier.
+    """
     if not valid_volume_name(name):
         raise UnsafeVolumeError(f"volume name {name!r} is not a plain name", "nothing was changed")
+    vpath = os.path.join(data_root, "volumes", name)
     vdir = _open_step(volumes_fd, name, os.path.join(data_root, "volumes"))
     try:
-        return _open_step(vdir, "_data", os.path.join(data_root, "volumes", name))
+        data = _open_step(vdir, "_data", vpath)
+        try:
+            mounted = mount_id(data) != mount_id(vdir)
+        except OSError as exc:
+            os.close(data)
+            raise OpsError(f"cannot read the mount ID of {vpath}/_data ({exc.strerror})",
+                           "is /proc mounted? repair needs /proc/self/fdinfo") from None
+        if mounted:
+            os.close(data)
+            raise MountedVolumeError(
+                f"{vpath}/_data is a mount point (another filesystem or a bind mount), not the volume's "
+                "own directory",
+                "its files may not be the volume's: inspect the mount (findmnt) and repair it by hand",
+            )
+        return data
     finally:
         os.close(vdir)
 

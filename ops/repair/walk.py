@@ -1,20 +1,35 @@
-"""The ownership walk: directory file descriptors all the way down, never following a link.
+"""The ownership walk: directory file descriptors all the way down, never following a link, never
+leaving the volume's mount, changing only the inode that was checked.
 
 Safety rules (see docs/repair.md):
 
-- every directory is opened relative to its parent's fd with ``O_NOFOLLOW | O_DIRECTORY``, then
-  ``fstat``-ed and compared (dev, ino) with what the parent's listing showed; a mismatch means it was
-  swapped during the walk and the subtree is skipped;
-- every other entry is re-checked with ``fstatat`` right before ``fchownat(AT_SYMLINK_NOFOLLOW)``
-  relative to the parent fd: a name swapped in between can only name another entry of the same
-  directory, never anything outside it, and a symlink's own owner is what changes (lchown semantics);
-- ``st_dev`` must equal the volume root's: mount points of other filesystems are skipped;
+- every directory is opened relative to its parent's fd with ``O_NOFOLLOW | O_DIRECTORY``; before
+  anything below it is looked at, its mount ID (``mnt_id`` of ``/proc/self/fdinfo/<fd>``) must be the
+  volume root's (a mount point, even a bind mount of the same filesystem, is never entered) and its
+  inode the one the parent's listing showed (a mismatch means it was swapped: skipped);
+- a damaged entry other than a directory is opened with ``O_PATH | O_NOFOLLOW`` (a symlink opens as
+  itself), ``fstat``-ed through that fd (same device, inode and type as the listing, still damaged),
+  and its owner changed through that same fd (``fchownat(fd, "", AT_EMPTY_PATH |
+  AT_SYMLINK_NOFOLLOW)``): a name swapped after the check cannot redirect the change; a directory's
+  owner changes through its own fd (``fchown``);
+- an entry whose listing inode differs from what its name resolves to has something mounted on it:
+  its mount ID is checked the same way before it is touched;
 - only owner parts equal to 65534 change (uid 65534 -> uid, gid 65534 -> gid, each independently):
   root-owned and otherwise-owned entries are never touched;
-- a file with several hard links is changed once (by inode);
-- names are handled as the bytes the kernel returns (decoded losslessly with ``surrogateescape``);
+- a file with several hard links is changed once (by inode, across worker processes too);
+- an error on one entry (``EACCES``, ``EIO``, ``ESTALE``...) is reported with that entry's path and the
+  walk goes on;
+- memory is linear in depth and small: a frame keeps a directory's name, inode and its pending
+  subdirectory names; paths are only joined to report one;
 - the walk is iterative: depth is limited by neither Python's recursion limit nor the fd limit
-  (beyond a window, ancestor fds are closed and reopened through ``..`` with an identity check).
+  (beyond a window, ancestor fds are closed and reopened through ``..`` with an identity check);
+- with several workers the tree is split by subtree: this process opens and checks the top
+  directories, then forks worker processes that inherit those fds and walk whole subtrees under the
+  same rules, sending back small summaries.
+
+Python's ``os`` module has no way to pass ``AT_EMPTY_PATH`` (``os.chown("", dir_fd=fd)`` gives ENOENT
+and ``os.fchown`` on an ``O_PATH`` fd gives EBADF), so the owner change of a non-directory calls the C
+library's ``fchownat`` through ``ctypes``: the only hand-written system call binding here.
 """
 
 from __future__ import annotations
@@ -22,26 +37,43 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pickle
+import selectors
+import signal
 import stat
-import threading
+import struct
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 NOBODY = 65534
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-#: Open directory fds kept per worker stack before ancestors are closed (reopened via ``..``).
+#: Opens an entry itself (a symlink as the link), without reading or following it.
+ENTRY_FLAGS = getattr(os, "O_PATH", 0) | os.O_NOFOLLOW | os.O_CLOEXEC
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
+#: Open directory fds kept per walk stack before ancestors are closed (reopened via ``..``).
 FD_WINDOW = 64
+#: Messages kept per walk (the counts stay exact).
+MAX_MESSAGES = 100
+#: Entries between progress reports.
+PROGRESS_EVERY = 8192
+#: Subtrees wanted per worker before forking (more gives better balance), and the most directories
+#: this process opens to find them.
+UNITS_PER_WORKER = 2
+MAX_SPLIT_DIRS = 256
+MAX_TASKS = 4096
 
 # skip reasons (stable strings, shown in summaries)
-SKIP_OTHER_FS = "other filesystem (mount point)"
+SKIP_MOUNT = "mount point (not entered)"
 SKIP_CHANGED = "changed during the walk"
 SKIP_VANISHED = "vanished during the walk"
 SKIP_HARDLINK = "hard link already repaired"
 SKIP_NO_LONGER = "no longer damaged"
 SKIP_ERROR = "error"
+REPAIRED = "repaired"
 
 
 def is_damaged(st: os.stat_result) -> bool:
@@ -62,6 +94,46 @@ def show_path(rel: bytes) -> str:
     )
 
 
+def mount_id(fd: int) -> int:
+    """The mount ID of an open fd: the ``mnt_id:`` line of ``/proc/self/fdinfo/<fd>`` (Linux >= 3.15).
+
+    Exact where ``st_dev`` is not: a bind mount of the same filesystem has the same device but its own
+    mount ID.
+    """
+    info = os.open(f"/proc/self/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(info, 4096)
+    finally:
+        os.close(info)
+    start = data.find(b"mnt_id:")
+    if start < 0:
+        raise OSError(errno.ENOTSUP, "no mnt_id in /proc/self/fdinfo (Linux 3.15 or later is needed)")
+    end = data.find(b"\n", start)
+    return int(data[start + 7 : end if end >= 0 else None])
+
+
+_fchownat: Any = None
+
+
+def chown_fd(fd: int, uid: int, gid: int) -> None:
+    """Change the owner of exactly the inode behind ``fd`` (an ``O_PATH`` fd works; a symlink's fd
+    changes the link's own owner): ``fchownat(fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)``.
+    -1 leaves a part alone."""
+    global _fchownat
+    if _fchownat is None:
+        import ctypes
+
+        func = ctypes.CDLL(None, use_errno=True).fchownat
+        func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int]
+        func.restype = ctypes.c_int
+        _fchownat = func
+    if _fchownat(fd, b"", uid & 0xFFFFFFFF, gid & 0xFFFFFFFF, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW):
+        import ctypes
+
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
 @dataclass
 class Example:
     """One damaged entry, for dry-run listings."""
@@ -80,30 +152,27 @@ class WalkStats:
     damaged: int = 0
     repaired: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    #: "path: reason" of the first MAX_MESSAGES errors; ``skipped[SKIP_ERROR]`` is the exact count.
     errors: list[str] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
     truncated: bool = False
     seconds: float = 0.0
+    workers: int = 1
 
-    def merge(self, other: WalkStats, max_examples: int) -> None:
-        """Add another (thread-local) tally into this one."""
-        self.scanned += other.scanned
-        self.damaged += other.damaged
-        self.repaired += other.repaired
-        self.skipped.update(other.skipped)
-        self.errors.extend(other.errors[: max(0, 20 - len(self.errors))])
-        room = max(0, max_examples - len(self.examples))
-        self.examples.extend(other.examples[:room])
+    @property
+    def complete(self) -> bool:
+        """True when no damage can be left behind: no entry failed, none changed during the walk."""
+        return not self.skipped[SKIP_ERROR] and not self.skipped[SKIP_CHANGED]
 
 
 @dataclass(frozen=True)
 class WalkOptions:
-    """How to walk: target ids, apply or only count, parallelism and a detection budget."""
+    """How to walk: target ids, apply or only count, worker processes and a detection budget."""
 
     uid: int = 1000
     gid: int = 1000
     apply: bool = False
-    workers: int = 4
+    workers: int = 1
     max_damaged: int | None = None
     max_entries: int | None = None
     seconds: float | None = None
@@ -120,316 +189,533 @@ def _kind(mode: int) -> str:
     return "special"
 
 
-@dataclass
 class _Frame:
-    fd: int | None
-    rel: bytes
-    ident: tuple[int, int]
-    subdirs: list[tuple[str, os.stat_result]]
-    pos: int = 0
+    """One directory on the walk stack: its fd (None when closed beyond the window), its name and
+    inode, and the subdirectories still to walk (name, inode from the listing)."""
+
+    __slots__ = ("fd", "name", "ino", "pending")
+
+    def __init__(self, fd: int, name: str, ino: int) -> None:
+        self.fd: int | None = fd
+        self.name = name
+        self.ino = ino
+        self.pending: list[tuple[str, int]] = []
 
 
-class Walker:
-    """One walk of one volume root (an open directory fd), shared by its worker threads."""
+class _Unit(NamedTuple):
+    """A subtree handed to a worker: the directory ``name`` (listed with inode ``ino``) under the
+    open, checked directory ``parent`` whose path is ``base``."""
 
-    def __init__(self, opts: WalkOptions, on_progress: Callable[[int], None] | None = None) -> None:
+    parent: int
+    name: str
+    ino: int
+    base: tuple[str, ...]
+
+
+class _Walk:
+    """One process's share of a walk: the directories it enters, the damaged entries it changes."""
+
+    def __init__(self, opts: WalkOptions, dev: int, mnt: int, deadline: float | None = None,
+                 on_progress: Callable[[int], None] | None = None) -> None:
         self.opts = opts
+        self.dev = dev
+        self.mnt = mnt
+        self.uid = opts.uid
+        self.gid = opts.gid
+        self.apply = opts.apply
+        self.deadline = deadline
+        self.limited = (opts.max_damaged is not None or opts.max_entries is not None
+                        or deadline is not None)
         self.on_progress = on_progress
+        self.next_progress = PROGRESS_EVERY
         self.stats = WalkStats()
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._active = 0
-        self._queued = 0
-        self._seen_links: set[tuple[int, int]] = set()
-        self._stop = threading.Event()
-        self._scanned_total = 0
-        self._damaged_total = 0
-        self._deadline: float | None = None
-        self._dev = -1
-        self._pool: ThreadPoolExecutor | None = None
+        #: multi-link inodes counted here -> what happened to them (merged across workers)
+        self.links: dict[tuple[int, int], str] = {}
+        self.stop = False
+        self.base: tuple[str, ...] = ()
+        self.stack: list[_Frame] = []
 
-    # --- entry point --------------------------------------------------------------------------
-    def run(self, root_fd: int) -> WalkStats:
-        """Walk the tree under ``root_fd`` (not closed here); return the merged tally."""
-        started = time.monotonic()
-        if self.opts.seconds is not None:
-            self._deadline = started + self.opts.seconds
-        root_st = os.fstat(root_fd)
-        if not stat.S_ISDIR(root_st.st_mode):
-            raise NotADirectoryError("volume root is not a directory")
-        self._dev = root_st.st_dev
-        local = WalkStats(scanned=1)
-        self._count(1, 0)
-        if is_damaged(root_st):
-            self._fix_dir_fd(root_fd, root_st, b"", local)
-        with self._lock:
-            self.stats.merge(local, self.opts.examples)
-        first = os.dup(root_fd)
-        workers = max(1, self.opts.workers)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cai-repair") as pool:
-            self._pool = pool
-            self._submit(first, b"", (root_st.st_dev, root_st.st_ino))
-            while True:
-                with self._idle:
-                    if not self._active:
-                        break
-                    self._idle.wait(0.1)
-                if self.on_progress is not None:
-                    self.on_progress(self._scanned_total)
-        self._pool = None
-        self.stats.truncated = self._stop.is_set()
-        self.stats.seconds = time.monotonic() - started
-        if self.on_progress is not None:
-            self.on_progress(self._scanned_total)
-        return self.stats
+    # --- reporting ----------------------------------------------------------------------------------
+    def path(self, name: str | None = None) -> bytes:
+        """The volume-relative path of the current directory (or of ``name`` in it), built on demand."""
+        parts = [*self.base, *(f.name for f in self.stack)]
+        if name is not None:
+            parts.append(name)
+        return b"/".join(os.fsencode(p) for p in parts if p)
 
-    # --- scheduling ---------------------------------------------------------------------------
-    def _submit(self, fd: int, rel: bytes, ident: tuple[int, int]) -> None:
-        assert self._pool is not None
-        with self._lock:
-            self._active += 1
-            self._queued += 1
-        self._pool.submit(self._task, fd, rel, ident)
+    def error(self, rel: bytes, exc: OSError | str) -> None:
+        """One entry failed: count it and keep its path and reason."""
+        self.stats.skipped[SKIP_ERROR] += 1
+        self.tell(rel, exc if isinstance(exc, str) else (exc.strerror or str(exc)))
 
-    def _want_handoff(self) -> bool:
-        return self._queued < self.opts.workers and self.opts.workers > 1
+    def tell(self, rel: bytes, reason: str) -> None:
+        """Keep one message (path: reason) while there is room; counts are kept elsewhere."""
+        if len(self.stats.errors) < MAX_MESSAGES:
+            self.stats.errors.append(f"{show_path(rel)}: {reason}")
 
-    def _task(self, fd: int, rel: bytes, ident: tuple[int, int]) -> None:
-        with self._lock:
-            self._queued -= 1
-        local = WalkStats()
+    def note(self, rel: bytes, st: os.stat_result) -> None:
+        """Count one damaged entry (with an example while there is room)."""
+        self.stats.damaged += 1
+        if len(self.stats.examples) < self.opts.examples:
+            self.stats.examples.append(Example(rel, _kind(st.st_mode), st.st_uid, st.st_gid))
+
+    def counted(self) -> None:
+        """After each directory: progress callback and detection budget."""
+        scanned = self.stats.scanned
+        if self.on_progress is not None and scanned >= self.next_progress:
+            self.next_progress = scanned + PROGRESS_EVERY
+            self.on_progress(scanned)
+        if self.limited:
+            self.over_budget(0)
+
+    def over_budget(self, extra: int) -> bool:
+        """True (and stop) once a detection budget is spent."""
+        o = self.opts
+        if ((o.max_entries is not None and self.stats.scanned + extra >= o.max_entries)
+                or (o.max_damaged is not None and self.stats.damaged >= o.max_damaged)
+                or (self.deadline is not None and time.monotonic() >= self.deadline)):
+            self.stop = True
+            self.stats.truncated = True
+        return self.stop
+
+    # --- directories --------------------------------------------------------------------------------
+    def enter(self, parent: int, name: str, ino: int) -> int | None:
+        """Open a subdirectory of the current one safely and fix its own owner; None when skipped."""
         try:
-            self._subtree(fd, rel, ident, local)
-        except Exception as exc:  # never lose the accounting of a worker
-            local.errors.append(f"{show_path(rel)}: {exc}")
-            local.skipped[SKIP_ERROR] += 1
-        finally:
-            with self._idle:
-                self.stats.merge(local, self.opts.examples)
-                self._active -= 1
-                self._idle.notify_all()
-
-    def _count(self, scanned: int, damaged: int) -> None:
-        with self._lock:
-            self._scanned_total += scanned
-            self._damaged_total += damaged
-            o = self.opts
-            if (
-                (o.max_entries is not None and self._scanned_total >= o.max_entries)
-                or (o.max_damaged is not None and self._damaged_total >= o.max_damaged)
-                or (self._deadline is not None and time.monotonic() >= self._deadline)
-            ):
-                self._stop.set()
-
-    # --- the depth-first walk of one subtree ----------------------------------------------------
-    def _subtree(self, fd: int, rel: bytes, ident: tuple[int, int], local: WalkStats) -> None:
-        stack: list[_Frame] = []
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                self.stats.skipped[SKIP_CHANGED] += 1
+                self.tell(self.path(name), "changed during the walk (no longer a directory), left alone")
+            elif exc.errno == errno.ENOENT:
+                self.stats.skipped[SKIP_VANISHED] += 1
+            else:
+                self.error(self.path(name), exc)
+            return None
         try:
-            if self._stop.is_set():
+            if mount_id(fd) != self.mnt:
+                self.stats.skipped[SKIP_MOUNT] += 1
+                os.close(fd)
+                return None
+            st = os.fstat(fd)
+            if st.st_dev != self.dev:
+                self.stats.skipped[SKIP_MOUNT] += 1
+                os.close(fd)
+                return None
+            if st.st_ino != ino:
+                self.stats.skipped[SKIP_CHANGED] += 1
+                self.tell(self.path(name), "changed during the walk (another directory), left alone")
+                os.close(fd)
+                return None
+            if st.st_uid == NOBODY or st.st_gid == NOBODY:
+                self.fix_dir(fd, st, name)
+        except OSError as exc:
+            os.close(fd)
+            self.error(self.path(name), exc)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def fix_dir(self, fd: int, st: os.stat_result, name: str | None) -> None:
+        """A damaged directory (``name`` in the current one, None for the current one itself): its owner
+        changes through its own fd."""
+        self.note(self.path(name) if len(self.stats.examples) < self.opts.examples else b"", st)
+        if self.apply:
+            try:
+                os.fchown(fd, *new_owner(st.st_uid, st.st_gid, self.uid, self.gid))
+            except OSError as exc:
+                self.error(self.path(name), exc)
                 return
-            stack.append(_Frame(fd, rel, ident, self._scan(fd, rel, local)))
-            fd = -1  # owned by the stack now
-            while stack:
-                if self._stop.is_set():
+        self.stats.repaired += 1
+
+    def scan(self, fd: int) -> list[tuple[str, int]]:
+        """List the current directory: fix its damaged non-directories, return its subdirectories."""
+        subdirs: list[tuple[str, int]] = []
+        stats = self.stats
+        n = 0
+        try:
+            it = os.scandir(fd)
+        except OSError as exc:
+            self.error(self.path(), exc)
+            return subdirs
+        append = subdirs.append
+        fix = self.fix_entry
+        limited = self.limited
+        with it:
+            try:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            append((entry.name, entry.inode()))
+                            n += 1
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        stats.skipped[SKIP_VANISHED] += 1
+                        continue
+                    except OSError as exc:
+                        self.error(self.path(entry.name), exc)
+                        continue
+                    n += 1
+                    if st.st_uid == NOBODY or st.st_gid == NOBODY:
+                        fix(fd, entry, st)
+                        if limited and self.over_budget(n):
+                            break
+                    elif limited and not n & 63 and self.over_budget(n):
+                        break
+            except OSError as exc:  # the listing itself failed (EIO, ESTALE...)
+                self.error(self.path(), exc)
+        stats.scanned += n
+        self.counted()
+        return subdirs
+
+    # --- other entries ------------------------------------------------------------------------------
+    def fix_entry(self, dfd: int, entry: os.DirEntry[str], st: os.stat_result) -> None:
+        """A damaged non-directory: check it through an fd of its own, change the owner through it."""
+        name = entry.name
+        stats = self.stats
+        pfd = -1
+        try:
+            try:
+                if st.st_dev != self.dev:
+                    stats.skipped[SKIP_MOUNT] += 1
                     return
-                top = stack[-1]
-                if top.pos >= len(top.subdirs):
-                    self._pop(stack, local)
-                    continue
-                name, st = top.subdirs[top.pos]
-                top.pos += 1
-                assert top.fd is not None
-                child_rel = _join(top.rel, name)
-                child = self._open_dir(top.fd, name, st, child_rel, local)
-                if child is None:
-                    continue
-                child_ident = (st.st_dev, st.st_ino)
-                if self._want_handoff():
-                    self._submit(child, child_rel, child_ident)
-                    continue
+                if entry.inode() != st.st_ino:  # the listing shows another inode: a mount on this name
+                    pfd = os.open(name, ENTRY_FLAGS, dir_fd=dfd)
+                    if mount_id(pfd) != self.mnt:
+                        stats.skipped[SKIP_MOUNT] += 1
+                        return
+            except FileNotFoundError:
+                stats.skipped[SKIP_VANISHED] += 1
+                return
+            except OSError as exc:
+                self.error(self.path(name), exc)
+                return
+            key = None
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                if key in self.links:
+                    stats.skipped[SKIP_HARDLINK] += 1
+                    return
+            self.note(self.path(name) if len(stats.examples) < self.opts.examples else b"", st)
+            failure: OSError | None = None
+            if not self.apply:
+                outcome = REPAIRED
+            else:
                 try:
-                    subdirs = self._scan(child, child_rel, local)
-                except BaseException:
-                    os.close(child)
-                    raise
-                stack.append(_Frame(child, child_rel, child_ident, subdirs))
+                    if pfd < 0:
+                        pfd = os.open(name, ENTRY_FLAGS, dir_fd=dfd)
+                    cur = os.fstat(pfd)
+                    if (cur.st_ino != st.st_ino or cur.st_dev != st.st_dev
+                            or stat.S_IFMT(cur.st_mode) != stat.S_IFMT(st.st_mode)):
+                        outcome = SKIP_CHANGED
+                    else:
+                        uid = self.uid if cur.st_uid == NOBODY else -1
+                        gid = self.gid if cur.st_gid == NOBODY else -1
+                        if uid == -1 and gid == -1:
+                            outcome = SKIP_NO_LONGER
+                        else:
+                            chown_fd(pfd, uid, gid)
+                            outcome = REPAIRED
+                except FileNotFoundError:
+                    outcome = SKIP_VANISHED
+                except OSError as exc:
+                    outcome, failure = SKIP_ERROR, exc
+            if key is not None:
+                self.links[key] = outcome
+            if outcome == REPAIRED:
+                stats.repaired += 1
+            elif failure is not None:
+                self.error(self.path(name), failure)
+            else:
+                stats.skipped[outcome] += 1
+                if outcome == SKIP_CHANGED:
+                    self.tell(self.path(name), "changed during the walk (another inode), left alone")
+        finally:
+            if pfd >= 0:
+                os.close(pfd)
+
+    # --- the depth-first walk of one subtree --------------------------------------------------------
+    def walk_from(self, fd: int, name: str, ino: int) -> None:
+        """Walk below an entered directory ``fd`` (owned from here on) named ``name`` under ``base``."""
+        stack = self.stack = [_Frame(fd, name, ino)]
+        try:
+            stack[0].pending = self.scan(fd)
+            while stack and not self.stop:
+                top = stack[-1]
+                if not top.pending:
+                    self.pop()
+                    continue
+                cname, cino = top.pending.pop()
+                assert top.fd is not None
+                cfd = self.enter(top.fd, cname, cino)
+                if cfd is None:
+                    continue
+                frame = _Frame(cfd, cname, cino)
+                stack.append(frame)
+                frame.pending = self.scan(cfd)
                 if len(stack) > FD_WINDOW:
                     old = stack[-FD_WINDOW - 1]
                     if old.fd is not None:
                         os.close(old.fd)
                         old.fd = None
         finally:
-            if fd >= 0:
-                os.close(fd)
             for frame in stack:
                 if frame.fd is not None:
-                    with contextlib.suppress(OSError):
-                        os.close(frame.fd)
+                    os.close(frame.fd)
+                    frame.fd = None
+            stack.clear()
 
-    def _pop(self, stack: list[_Frame], local: WalkStats) -> None:
-        done = stack.pop()
+    def pop(self) -> None:
+        """Leave the top directory; reopen a closed parent through ``..`` and check it is the same."""
+        stack = self.stack
+        done = stack[-1]
         assert done.fd is not None
         try:
-            if stack and stack[-1].fd is None:
-                parent = stack[-1]
+            if len(stack) > 1 and stack[-2].fd is None:
+                parent = stack[-2]
                 try:
                     pfd = os.open("..", DIR_FLAGS, dir_fd=done.fd)
                 except OSError:
                     pfd = -1
                 if pfd >= 0:
-                    pst = os.fstat(pfd)
-                    if (pst.st_dev, pst.st_ino) == parent.ident:
+                    try:
+                        pst = os.fstat(pfd)
+                        same = (pst.st_ino, pst.st_dev) == (parent.ino, self.dev) and mount_id(pfd) == self.mnt
+                    except OSError:
+                        same = False
+                    if same:
                         parent.fd = pfd
+                        stack.pop()
                         return
                     os.close(pfd)
-                # the ancestor moved while we were below it: give up on what is left above
-                local.skipped[SKIP_CHANGED] += 1
-                local.errors.append(f"{show_path(parent.rel)}: moved during the walk, rest skipped")
+                # the ancestor moved while we were below it: what is left above is not walked
+                stack.pop()
+                self.stats.skipped[SKIP_CHANGED] += 1
+                self.tell(self.path(), "moved during the walk, the rest of it was skipped")
                 for frame in stack:
                     if frame.fd is not None:
                         os.close(frame.fd)
+                        frame.fd = None
                 stack.clear()
+                return
+            stack.pop()
         finally:
             os.close(done.fd)
+            done.fd = None
 
-    def _scan(self, fd: int, rel: bytes, local: WalkStats) -> list[tuple[str, os.stat_result]]:
-        """List one directory: fix its damaged non-directories, return its subdirectories."""
-        subdirs: list[tuple[str, os.stat_result]] = []
-        scanned = 0
-        dev = self._dev
-        stop = self._stop.is_set
-        fix = self._fix_entry
-        per_damage = self.opts.max_damaged is not None
-        o = self.opts
-        batch = 64 if (o.max_entries is not None or o.seconds is not None) else 1024
-        s_isdir = stat.S_ISDIR
-        try:
-            with os.scandir(fd) as it:
-                for entry in it:
-                    if stop():
-                        break
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        local.skipped[SKIP_VANISHED] += 1
+    def walk_unit(self, unit: _Unit) -> None:
+        """Enter and walk one subtree handed over by the splitting process."""
+        self.base = unit.base
+        self.stack = []
+        fd = self.enter(unit.parent, unit.name, unit.ino)
+        if fd is not None:
+            self.walk_from(fd, unit.name, unit.ino)
+
+
+# --- splitting the work over processes ------------------------------------------------------------------
+
+def _split(w: _Walk, root_fd: int, root_ino: int, want: int) -> tuple[list[_Unit], list[int]]:
+    """Open the top of the tree here until there are ``want`` subtrees (or MAX_SPLIT_DIRS directories
+    were opened); the directories opened stay open (their fds are the units' parents)."""
+    fd = os.dup(root_fd)
+    held = [fd]
+    units: deque[_Unit] = deque()
+    try:
+        w.base, w.stack = (), [_Frame(fd, "", root_ino)]
+        units.extend(_Unit(fd, name, ino, ()) for name, ino in w.scan(fd))
+        opened = 0
+        while units and len(units) < want and opened < MAX_SPLIT_DIRS:
+            unit = units.popleft()
+            opened += 1
+            w.base, w.stack = unit.base, []
+            cfd = w.enter(unit.parent, unit.name, unit.ino)
+            if cfd is None:
+                continue
+            held.append(cfd)
+            w.stack = [_Frame(cfd, unit.name, unit.ino)]
+            base = (*unit.base, unit.name)
+            units.extend(_Unit(cfd, name, ino, base) for name, ino in w.scan(cfd))
+    except BaseException:
+        for h in held:
+            os.close(h)
+        raise
+    finally:
+        w.base, w.stack = (), []
+    return list(units), held
+
+
+_TASK = struct.Struct("<II")
+_HEAD = struct.Struct("<cQ")
+
+
+def _send(fd: int, kind: bytes, payload: bytes = b"", value: int = 0) -> None:
+    data = _HEAD.pack(kind, len(payload) if payload else value) + payload
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _worker(opts: WalkOptions, dev: int, mnt: int, units: list[_Unit], tasks: int, out: int) -> None:
+    """A forked worker: take slices of units from the task pipe until it is empty, send the tally."""
+    with contextlib.suppress(ValueError):  # Ctrl-C ends a worker at once; the parent reports it
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    w = _Walk(opts, dev, mnt, on_progress=lambda n: _send(out, b"P", value=n))
+    while True:
+        data = os.read(tasks, _TASK.size)
+        if len(data) < _TASK.size:
+            break
+        start, end = _TASK.unpack(data)
+        for unit in units[start:end]:
+            w.walk_unit(unit)
+    _send(out, b"R", pickle.dumps((w.stats, w.links), protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _run_workers(w: _Walk, units: list[_Unit], workers: int,
+                 on_progress: Callable[[int], None] | None) -> list[tuple[WalkStats, dict[tuple[int, int], str]]]:
+    """Fork ``workers`` processes over ``units``; return each one's tally (a lost one is an error)."""
+    step = max(1, -(-len(units) // MAX_TASKS))
+    slices = [(i, min(i + step, len(units))) for i in range(0, len(units), step)]
+    task_r, task_w = os.pipe()
+    try:
+        for start, end in slices:  # at most MAX_TASKS * 8 bytes: fits the pipe before anyone reads
+            os.write(task_w, _TASK.pack(start, end))
+    finally:
+        os.close(task_w)
+    pids: dict[int, int] = {}
+    results: list[tuple[WalkStats, dict[tuple[int, int], str]]] = []
+    sel = selectors.DefaultSelector()
+    buffers: dict[int, bytearray] = {}
+    done: dict[int, int] = {}
+    try:
+        for _ in range(workers):
+            r, wfd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                code = 1
+                try:
+                    os.close(r)
+                    _worker(w.opts, w.dev, w.mnt, units, task_r, wfd)
+                    code = 0
+                except BaseException:
+                    code = 1
+                finally:
+                    os._exit(code)
+            os.close(wfd)
+            pids[r] = pid
+            buffers[r] = bytearray()
+            sel.register(r, selectors.EVENT_READ)
+        os.close(task_r)
+        task_r = -1
+        progress = dict.fromkeys(pids, 0)
+        while sel.get_map():
+            for key, _ in sel.select():
+                fd = int(key.fd)
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    sel.unregister(fd)
+                    os.close(fd)
+                    continue
+                buf = buffers[fd]
+                buf += chunk
+                while len(buf) >= _HEAD.size:
+                    kind, size = _HEAD.unpack_from(buf)
+                    if kind == b"P":
+                        progress[fd] = size
+                        del buf[:_HEAD.size]
+                        if on_progress is not None:
+                            on_progress(w.stats.scanned + sum(progress.values()))
                         continue
-                    scanned += 1
-                    if st.st_dev != dev:
-                        local.skipped[SKIP_OTHER_FS] += 1
-                    elif s_isdir(st.st_mode):
-                        subdirs.append((entry.name, st))
-                    elif st.st_uid == NOBODY or st.st_gid == NOBODY:
-                        fix(fd, entry.name, st, rel, local)
-                        if per_damage:
-                            local.scanned += scanned
-                            self._count(scanned, 1)
-                            scanned = 0
-                    if scanned >= batch:
-                        local.scanned += scanned
-                        self._count(scanned, 0)
-                        scanned = 0
-        finally:
-            local.scanned += scanned
-            self._count(scanned, 0)
-        return subdirs
-
-    # --- changing owners ------------------------------------------------------------------------
-    def _note(self, local: WalkStats, rel: bytes, st: os.stat_result) -> None:
-        local.damaged += 1
-        if len(local.examples) < self.opts.examples:
-            local.examples.append(Example(rel, _kind(st.st_mode), st.st_uid, st.st_gid))
-
-    def _fix_entry(self, fd: int, name: str, st: os.stat_result, rel: bytes, local: WalkStats) -> None:
-        if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            with self._lock:
-                if key in self._seen_links:
-                    local.skipped[SKIP_HARDLINK] += 1
-                    return
-                self._seen_links.add(key)
-        local.damaged += 1
-        if len(local.examples) < self.opts.examples:
-            local.examples.append(Example(_join(rel, name), _kind(st.st_mode), st.st_uid, st.st_gid))
-        if not self.opts.apply:
-            local.repaired += 1
-            return
-        try:
-            cur = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            local.skipped[SKIP_VANISHED] += 1
-            return
-        if (
-            cur.st_ino != st.st_ino
-            or cur.st_dev != st.st_dev
-            or stat.S_IFMT(cur.st_mode) != stat.S_IFMT(st.st_mode)
-        ):
-            local.skipped[SKIP_CHANGED] += 1
-            return
-        uid = self.opts.uid if cur.st_uid == NOBODY else -1
-        gid = self.opts.gid if cur.st_gid == NOBODY else -1
-        if uid == -1 and gid == -1:
-            local.skipped[SKIP_NO_LONGER] += 1
-            return
-        try:
-            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            local.skipped[SKIP_VANISHED] += 1
-            return
-        except OSError as exc:
-            local.skipped[SKIP_ERROR] += 1
-            local.errors.append(f"{show_path(_join(rel, name))}: {exc.strerror}")
-            return
-        local.repaired += 1
-
-    def _open_dir(
-        self, parent: int, name: str, st: os.stat_result, rel: bytes, local: WalkStats
-    ) -> int | None:
-        """Open a subdirectory safely; fix its own owner through the fd. None when skipped."""
-        try:
-            fd = os.open(name, DIR_FLAGS, dir_fd=parent)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                local.skipped[SKIP_CHANGED] += 1
-            elif exc.errno == errno.ENOENT:
-                local.skipped[SKIP_VANISHED] += 1
-            else:
-                local.skipped[SKIP_ERROR] += 1
-                local.errors.append(f"{show_path(rel)}: {exc.strerror}")
-            return None
-        try:
-            cur = os.fstat(fd)
-            if (cur.st_dev, cur.st_ino) != (st.st_dev, st.st_ino) or cur.st_dev != self._dev:
-                local.skipped[SKIP_CHANGED] += 1
-                os.close(fd)
-                return None
-            if is_damaged(cur):
-                self._count(0, 1)
-                self._fix_dir_fd(fd, cur, rel, local)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def _fix_dir_fd(self, fd: int, st: os.stat_result, rel: bytes, local: WalkStats) -> None:
-        self._note(local, rel, st)
-        if not self.opts.apply:
-            local.repaired += 1
-            return
-        uid, gid = new_owner(st.st_uid, st.st_gid, self.opts.uid, self.opts.gid)
-        try:
-            os.fchown(fd, uid, gid)
-        except OSError as exc:
-            local.skipped[SKIP_ERROR] += 1
-            local.errors.append(f"{show_path(rel)}: {exc.strerror}")
-            return
-        local.repaired += 1
+                    if len(buf) < _HEAD.size + size:
+                        break
+                    results.append(pickle.loads(bytes(buf[_HEAD.size:_HEAD.size + size])))
+                    done[fd] = 1
+                    del buf[:_HEAD.size + size]
+    finally:
+        if task_r >= 0:
+            os.close(task_r)
+        for left in [int(k.fd) for k in sel.get_map().values()]:
+            sel.unregister(left)
+            os.close(left)
+        sel.close()
+        for fd, pid in pids.items():
+            if fd not in done:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        for fd, pid in pids.items():
+            _, status = os.waitpid(pid, 0)
+            if fd not in done:
+                w.error(b"", f"a walk worker ended without a result (wait status {status}); "
+                             "part of the volume was not walked")
+    return results
 
 
-def _join(rel: bytes, name: str) -> bytes:
-    raw = os.fsencode(name)
-    return rel + b"/" + raw if rel else raw
+def _merge(total: WalkStats, seen: dict[tuple[int, int], str], part: WalkStats,
+           links: dict[tuple[int, int], str], max_examples: int) -> None:
+    """Add one process's tally; an inode with several links counted by two processes counts once."""
+    total.scanned += part.scanned
+    total.damaged += part.damaged
+    total.repaired += part.repaired
+    total.skipped.update(part.skipped)
+    total.errors.extend(part.errors[: max(0, MAX_MESSAGES - len(total.errors))])
+    total.examples.extend(part.examples[: max(0, max_examples - len(total.examples))])
+    total.truncated = total.truncated or part.truncated
+    for key, outcome in links.items():
+        if key not in seen:
+            seen[key] = outcome
+            continue
+        total.damaged -= 1
+        if outcome == REPAIRED:
+            total.repaired -= 1
+        else:
+            total.skipped[outcome] -= 1
+        total.skipped[SKIP_HARDLINK] += 1
 
 
 def walk(root_fd: int, opts: WalkOptions, on_progress: Callable[[int], None] | None = None) -> WalkStats:
-    """Walk (and with ``opts.apply`` repair) the tree under an open directory fd."""
-    return Walker(opts, on_progress).run(root_fd)
+    """Walk (and with ``opts.apply`` repair) the tree under an open directory fd (not closed here).
+
+    ``opts.workers`` > 1 forks that many worker processes over the subtrees (not with a detection
+    budget, which walks here). Raises OSError when the root cannot be used (no /proc to read mount IDs).
+    """
+    started = time.monotonic()
+    root_st = os.fstat(root_fd)
+    if not stat.S_ISDIR(root_st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "volume root is not a directory")
+    mnt = mount_id(root_fd)
+    deadline = None if opts.seconds is None else started + opts.seconds
+    w = _Walk(opts, root_st.st_dev, mnt, deadline, on_progress)
+    w.stats.scanned = 1
+    if is_damaged(root_st):
+        w.fix_dir(root_fd, root_st, None)
+    workers = max(1, opts.workers)
+    if workers == 1 or w.limited:
+        w.walk_from(os.dup(root_fd), "", root_st.st_ino)
+        total = w.stats
+        used = 1
+    else:
+        units, held = _split(w, root_fd, root_st.st_ino, workers * UNITS_PER_WORKER)
+        try:
+            used = min(workers, len(units))
+            if used <= 1:
+                for unit in units:
+                    w.walk_unit(unit)
+                parts = []
+            else:
+                parts = _run_workers(w, units, used, on_progress)
+        finally:
+            for fd in held:
+                os.close(fd)
+        total = WalkStats()
+        seen: dict[tuple[int, int], str] = {}
+        _merge(total, seen, w.stats, w.links, opts.examples)
+        for stats, links in parts:
+            _merge(total, seen, stats, links, opts.examples)
+        total.skipped = +total.skipped
+    total.workers = max(1, used)
+    total.seconds = time.monotonic() - started
+    if on_progress is not None:
+        on_progress(total.scanned)
+    return total

@@ -12,6 +12,7 @@ from invoke.exceptions import Exit
 from ops.tasks._common import cfg, cli_errors, is_tty
 
 EXAMPLES = 5
+ERRORS_SHOWN = 20
 
 
 def _err(line: str) -> None:
@@ -25,8 +26,14 @@ def run_repair(
     dry_run: bool = False,
     uid: Any = None,
     gid: Any = None,
+    default_all: bool = False,
 ) -> int:
     """Repair (or with ``dry_run`` count) damaged ownership in managed volumes; return the exit code.
+
+    0: nothing left to repair (or not supported here: macOS, a container without the data root).
+    1: damage may remain: a volume skipped or refused, an entry that failed or changed during the
+    walk. ``default_all``: no scope flag means all managed containers (``inv doctor --repair``);
+    without it exactly one of ``all``/``container`` is required (``inv repair``).
 
     Raises OpsError subclasses for bad input (no flag, unknown/unmanaged container, engine
     unreachable, data root missing, not root, a volume path that is a symlink).
@@ -36,18 +43,20 @@ def run_repair(
     from ops.repair.scope import parse_override
 
     conf = cfg(ctx)
-    if bool(all) == bool(container):
-        raise ConfigError(
-            "give exactly one of --all or --container NAME",
-            "e.g. inv repair --all, or inv repair --container my-agent (add --dry-run to preview)",
-        )
-    override = parse_override(uid, gid)
     message = core.unsupported_message(
         conf.platform, os.uname().sysname, core.in_container(), core.data_root_visible(conf.data_root)
     )
     if message:
         print(message)
         return 0
+    if default_all and not all and not container:
+        all = True  # noqa: A001 - the flag is --all
+    if bool(all) == bool(container):
+        raise ConfigError(
+            "give exactly one of --all or --container NAME",
+            "e.g. inv repair --all, or inv repair --container my-agent (add --dry-run to preview)",
+        )
+    override = parse_override(uid, gid)
     if os.geteuid() != 0 and not dry_run:
         raise RefusedError("repair changes file owners and needs root", "run it with sudo", exit_code=1)
     if not os.path.isdir(conf.data_root):
@@ -76,18 +85,22 @@ def run_repair(
         scope = f"container {container}" if container else "managed containers"
         print(f"No managed volumes to repair ({scope} mount no named volumes).")
         return 0
-    fds = core.preflight(conf.data_root, plans)
-    results = _apply_with_progress(core, plans, fds, dry_run)
+    opened = core.preflight(conf.data_root, plans)
+    results = _apply_with_progress(core, plans, opened, dry_run)
     for r in results:
         _report(r)
-    failed = [r for r in results if r.failed]
-    return 1 if failed else 0
+    failed = [r.plan.name for r in results if r.failed]
+    if failed:
+        _err(f"damage may remain in {len(failed)} volume(s): {', '.join(failed)} (skipped, or entries "
+             "that failed or changed during the walk; see above); fix the cause and run the repair again")
+        return 1
+    return 0
 
 
-def _apply_with_progress(core: Any, plans: list[Any], fds: dict[str, int], dry_run: bool) -> list[Any]:
+def _apply_with_progress(core: Any, plans: list[Any], opened: Any, dry_run: bool) -> list[Any]:
     workers = core.default_workers()
     if not is_tty():
-        return list(core.apply(plans, fds, dry_run, workers))
+        return list(core.apply(plans, opened, dry_run, workers))
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     verb = "checking" if dry_run else "repairing"
@@ -102,7 +115,7 @@ def _apply_with_progress(core: Any, plans: list[Any], fds: dict[str, int], dry_r
             if "id" in current:
                 progress.update(current["id"], completed=n)
 
-        return list(core.apply(plans, fds, dry_run, workers, on_start, on_progress))
+        return list(core.apply(plans, opened, dry_run, workers, on_start, on_progress))
 
 
 def _report(r: Any) -> None:
@@ -110,7 +123,7 @@ def _report(r: Any) -> None:
 
     p = r.plan
     who = ", ".join(p.containers)
-    if p.owner is None:
+    if p.owner is None or r.skipped_reason:
         print(f"volume {p.name} ({who}): skipped: {r.skipped_reason or p.skip}")
         return
     if r.error:
@@ -125,11 +138,23 @@ def _report(r: Any) -> None:
         for e in s.examples[:EXAMPLES]:
             print(f"  would chown {show_path(e.path)} [{e.kind}] {e.uid}:{e.gid} -> "
                   f"{p.owner.uid if e.uid == 65534 else e.uid}:{p.owner.gid if e.gid == 65534 else e.gid}")
+        _report_problems(p.name, s)
         return
     print(f"volume {p.name} ({who}): scanned {s.scanned}, repaired {s.repaired} to {p.owner.ids} "
           f"({p.owner.source}), skipped {skipped}{f' ({why})' if why else ''} in {s.seconds:.1f}s")
-    for line in s.errors[:10]:
-        _err(f"warning: volume {p.name}: {line}")
+    _report_problems(p.name, s)
+
+
+def _report_problems(name: str, s: Any) -> None:
+    """One stderr line per entry that failed or changed during the walk (the first ERRORS_SHOWN)."""
+    from ops.repair.walk import SKIP_CHANGED, SKIP_ERROR
+
+    shown = s.errors[:ERRORS_SHOWN]
+    for line in shown:
+        _err(f"warning: volume {name}: {line}")
+    more = s.skipped.get(SKIP_ERROR, 0) + s.skipped.get(SKIP_CHANGED, 0) - len(shown)
+    if more > 0:
+        _err(f"warning: volume {name}: ... and {more} more")
 
 
 @task(

@@ -225,7 +225,7 @@ def test_a_tmpfs_mounted_inside_a_volume_is_not_entered(lab: Lab) -> None:
         os.chown(host / "mnt", NOBODY, NOBODY)
         proc = lab.cli("--container", lab.name("agent"))
         assert proc.returncode == 0, proc.stderr
-        assert "other filesystem (mount point): 1" in proc.stdout
+        assert "mount point (not entered): 1" in proc.stdout
         assert os.lstat(host / "mnt" / "other")[4:6] == (NOBODY, NOBODY)
         assert os.lstat(host / "mnt")[4:6] == (NOBODY, NOBODY)
         assert os.lstat(host / "mine")[4:6] == (1000, 1000)
@@ -476,9 +476,31 @@ def test_bad_input_one_line_and_exit_codes(lab: Lab, tmp_path: Path) -> None:
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(first), (args, proc.stderr)
 
-    mac = lab.cli("--all", INVOKE_CAI_PLATFORM="macos")
-    assert mac.returncode == 0
-    assert mac.stdout.strip() == "Volume repair is not supported on macOS (volumes live inside the Lima VM)"
+    for args in (("--all",), (), ("--all", "--container", "x", "--uid", "nope")):  # the platform comes first
+        mac = lab.cli(*args, INVOKE_CAI_PLATFORM="macos")
+        assert mac.returncode == 0, (args, mac.stderr)
+        assert mac.stdout.strip() == "Volume repair is not supported on macOS (volumes live inside the Lima VM)"
+        assert not mac.stderr
+
+
+def test_no_scope_means_all_for_the_doctor_path(lab: Lab) -> None:
+    """``run_repair(default_all=True)`` (what ``inv doctor --repair`` passes): no flag means all."""
+    from ops.errors import ConfigError
+    from ops.tasks.repair import run_repair
+
+    vol = lab.name("all")
+    lab.container("agent", {vol: "/data"}, user="1000:1000")
+    f = lab.vol_path(vol) / "f"
+    f.write_text("x")
+    os.chown(f, NOBODY, NOBODY)
+    with pytest.raises(ConfigError, match="exactly one of --all or --container"):
+        run_repair(lab.ctx())
+    assert run_repair(lab.ctx(), dry_run=True, default_all=True) == 0
+    assert os.lstat(f)[4:6] == (NOBODY, NOBODY)
+    assert run_repair(lab.ctx(), default_all=True) == 0
+    assert os.lstat(f)[4:6] == (1000, 1000)
+    with pytest.raises(ConfigError, match="exactly one of"):
+        run_repair(lab.ctx(), all=True, container=lab.name("agent"), default_all=True)
 
 
 def test_not_root_and_missing_data_root_in_process(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -533,3 +555,172 @@ def test_doctor_findings_damage_and_taint(lab: Lab) -> None:
         assert "ownership.not_checked" in [f.code for f in mac]
     finally:
         engine.close()
+
+
+# --- safety under attack and failure -----------------------------------------------------------------
+
+#: fchownat's system call number (what /proc/PID/syscall shows while a task is inside it).
+FCHOWNAT_NR = {"x86_64": 260, "aarch64": 55}
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _task_in_syscall(root: int, nr: int) -> bool:
+    """True when a task of ``root`` or its descendants is stopped inside system call ``nr``."""
+    for pid in _descendants(root):
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/syscall") as fh:
+                    if fh.read().split(" ", 1)[0] == str(nr):
+                        return True
+            except OSError:
+                continue
+    return False
+
+
+def test_the_inode_checked_is_the_inode_changed_when_a_name_is_swapped(lab: Lab, tmp_path: Path) -> None:
+    """The owner-change system call is held for 2 s by strace (the real syscall, in the real CLI);
+    meanwhile a hard link of a root-owned 0600 file is renamed onto the damaged name. The file the walk
+    checked is the one that changes; the root-owned file stays root's."""
+    nr = FCHOWNAT_NR.get(os.uname().machine)
+    assert nr is not None, f"no fchownat number known for {os.uname().machine}"
+    vol = lab.name("swap")
+    lab.container("agent", {vol: "/data"}, user="1000:1000")
+    host = lab.vol_path(vol)
+    secret = host.parent / "secret"  # outside _data, on the same mount (hard links cannot cross mounts)
+    secret.write_text("root only")
+    os.chmod(secret, 0o600)
+    os.link(secret, host / ".held")  # the agent's hard link, waiting to be renamed
+    victim = host / "victim"
+    victim.write_text("agent data")
+    os.chown(victim, NOBODY, NOBODY)
+    victim_fd = os.open(victim, os.O_RDONLY)
+    log = tmp_path / "strace.log"
+    proc = subprocess.Popen(
+        ["strace", "-f", "-qq", "-o", str(log), "-e", "trace=fchownat",
+         "-e", "inject=fchownat:delay_enter=2000000",
+         sys.executable, "-m", "invoke", "-r", str(REPO), "repair", "--container", lab.name("agent")],
+        cwd=REPO, env=lab.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _task_in_syscall(proc.pid, nr):
+            assert proc.poll() is None, f"repair ended before changing an owner: {proc.communicate()}"
+            assert time.monotonic() < deadline, "the walk never reached fchownat"
+            time.sleep(0.01)
+        os.rename(host / ".held", victim)  # the swap, while the owner change is held
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    try:
+        assert proc.returncode == 0, (out, err)
+        assert os.stat(secret)[4:6] == (0, 0), "the root-owned file swapped in was given away"
+        assert os.stat(secret).st_mode & 0o777 == 0o600
+        assert os.fstat(victim_fd)[4:6] == (1000, 1000), "the entry that was checked was not repaired"
+        assert "repaired 1 " in out
+    finally:
+        os.close(victim_fd)
+
+
+def test_a_bind_mount_inside_a_volume_is_never_entered(lab: Lab, tmp_path: Path) -> None:
+    """``mount --bind /srv/x <volume>/_data/x`` from the same filesystem (st_dev cannot tell), and a
+    volume whose ``_data`` itself is a bind mount: nothing outside the volumes changes."""
+    outside = tmp_path / "srv-x"
+    (outside / "deep").mkdir(parents=True)
+    for p in (outside / "f", outside / "deep" / "g"):
+        p.write_text("host data")
+    for p in (outside, outside / "f", outside / "deep", outside / "deep" / "g"):
+        os.chown(p, NOBODY, NOBODY)
+    outside_before = owners(outside)
+    vol, mounted = lab.name("bind-in"), lab.name("bind-data")
+    lab.container("agent", {vol: "/data", mounted: "/other"})
+    host = lab.vol_path(vol)
+    (host / "x").mkdir()
+    (host / "mine").write_text("x")
+    os.chown(host / "mine", NOBODY, NOBODY)
+    (lab.vol_path(mounted) / "f").write_text("x")
+    assert os.stat(host).st_dev == os.stat(outside).st_dev, "the test needs a same-filesystem bind mount"
+    (host / "file-mount").write_text("the volume's own")
+    subprocess.run(["mount", "--bind", str(outside), str(host / "x")], check=True)
+    try:
+        subprocess.run(["mount", "--bind", str(outside / "f"), str(host / "file-mount")], check=True)
+        subprocess.run(["mount", "--bind", str(outside), str(lab.vol_path(mounted))], check=True)
+        try:
+            dry = lab.cli("--all", "--dry-run")
+            proc = lab.cli("--all")
+        finally:
+            subprocess.run(["umount", str(lab.vol_path(mounted))], check=True)
+            subprocess.run(["umount", str(host / "file-mount")], check=True)
+    finally:
+        subprocess.run(["umount", str(host / "x")], check=True)
+    print(proc.stdout, proc.stderr)
+    assert owners(outside) == outside_before, "files outside the volume changed"
+    assert_no_traceback(proc)
+    assert os.lstat(host / "mine")[4:6] == (1000, 1000)
+    assert "mount point (not entered): 2" in proc.stdout, proc.stdout  # the directory and the file
+    assert f"volume {mounted} ({lab.name('agent')}): skipped: " in proc.stdout, proc.stdout
+    assert "is a mount point" in proc.stdout
+    assert proc.returncode == 1, "a volume left unrepaired must show in the exit code"
+    assert dry.returncode == 1 and f"volume {mounted}" in dry.stdout
+
+
+def _no_dac(*argv: str) -> list[str]:
+    """Run as root without the capabilities that bypass file permissions (so they apply, for real)."""
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", "--", *argv]
+
+
+def test_an_unreadable_entry_mid_walk_is_one_error_and_the_rest_is_repaired(lab: Lab) -> None:
+    """Permissions that deny the walker (root without CAP_DAC_*): a listable directory whose entries
+    cannot be looked up, and a directory that cannot be opened, in the middle of the tree."""
+    vol = lab.name("eacces")
+    lab.container("agent", {vol: "/data"}, user="1000:1000")
+    host = lab.vol_path(vol)
+    for d in ("a", "m/locked", "m/closed", "z"):
+        (host / d).mkdir(parents=True)
+    damaged = ["a/1", "a/2", "m/before", "m/locked/l1", "m/locked/l2", "m/closed/c1", "m/zafter", "z/1"]
+    for rel in damaged:
+        (host / rel).write_text("x")
+        os.chown(host / rel, NOBODY, NOBODY)
+    os.chmod(host / "m" / "locked", 0o600)  # listable, not searchable
+    os.chmod(host / "m" / "closed", 0o000)
+    try:
+        proc = subprocess.run(_no_dac(sys.executable, "-m", "invoke", "-r", str(REPO), "repair", "--container",
+                                      lab.name("agent")),
+                              cwd=REPO, env=lab.env(), capture_output=True, text=True, timeout=300)
+    finally:
+        os.chmod(host / "m" / "locked", 0o755)
+        os.chmod(host / "m" / "closed", 0o755)
+    assert_no_traceback(proc)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    for rel in ("a/1", "a/2", "m/before", "m/zafter", "z/1"):
+        assert os.lstat(host / rel)[4:6] == (1000, 1000), rel
+    for rel in ("m/locked/l1", "m/locked/l2", "m/closed/c1"):
+        assert os.lstat(host / rel)[4:6] == (NOBODY, NOBODY), rel
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    for rel in ("m/locked/l1", "m/locked/l2", "m/closed"):
+        assert any(f": {rel}: " in line and "Permission denied" in line for line in warnings), (rel, proc.stderr)
+    assert "repaired 5 " in proc.stdout, proc.stdout
