@@ -113,7 +113,9 @@ def in_lab_script(pytest_args: list[str]) -> str:
         f"rm -rf /tmp/{WHEELHOUSE} && tar -xf /tmp/{WHEELHOUSE}.tar -C /tmp && rm -f /tmp/{WHEELHOUSE}.tar",
         f"cd {LAB_CHECKOUT}",
         "echo \"==> in lab host $(hostname): PID 1 is $(ps -o comm= -p 1), $(. /etc/os-release; echo $PRETTY_NAME)\"",
-        f"PIP_NO_INDEX=1 PIP_FIND_LINKS=/tmp/{WHEELHOUSE} PIP_CONSTRAINT=/tmp/constraints.txt ./bootstrap.sh deps",
+        # pip offline from the wheelhouse, for bootstrap and for the tests that run pip
+        f"export PIP_NO_INDEX=1 PIP_FIND_LINKS=/tmp/{WHEELHOUSE} PIP_CONSTRAINT=/tmp/constraints.txt",
+        "./bootstrap.sh deps",
         f"export CAI_LAB_ROOT={LAB_ROOT_IN_HOST}",
         f"printf '==> python -m pytest %s\\n' {shlex.quote(pytest)}",
         f"exec .venv/bin/python -m pytest -p no:cacheprovider {pytest}",
