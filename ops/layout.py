@@ -57,7 +57,14 @@ _IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
 class LayoutError(OpsError):
-    """The target matches no host layout, matches both, or its layout files cannot be read."""
+    """The target matches no host layout, matches both, or its layout files cannot be read.
+
+    ``kind`` says which: ``none``, ``both``, ``unreadable``, ``config``.
+    """
+
+    def __init__(self, message: str, hint: str = "", kind: str = "unreadable") -> None:
+        super().__init__(message, hint)
+        self.kind = kind
 
 
 # --- facts ----------------------------------------------------------------------------------------
@@ -390,7 +397,7 @@ def decide(facts: LayoutFacts, target: str, forced: str = "") -> Layout:
     if forced:
         if forced not in LAYOUTS:
             raise LayoutError(f"cai.layout {forced!r} is not one of {', '.join(LAYOUTS)}",
-                              "leave it empty to read the layout on the target")
+                              "leave it empty to read the layout on the target", "config")
         return (containai_layout if forced == CONTAINAI else lima_vm_layout)(facts, target, True)
     cai = facts.unit(CAI_UNIT).present
     vm_config = _daemon_config(facts, VM_DAEMON_JSON, target) if facts.unit(VM_UNIT).present else {}
@@ -400,7 +407,7 @@ def decide(facts: LayoutFacts, target: str, forced: str = "") -> Layout:
         raise LayoutError(
             f"{target} has both engines: {CAI_UNIT} and {VM_UNIT} with sysbox-runc, which holds "
             f"{vm_engine.managed} managed container(s); nothing was changed",
-            "set cai.layout (INVOKE_CAI_LAYOUT) to containai or lima-vm to name the engine to act on")
+            "set cai.layout (INVOKE_CAI_LAYOUT) to containai or lima-vm to name the engine to act on", "both")
     if cai:
         return containai_layout(facts, target)
     if vm:
@@ -409,18 +416,19 @@ def decide(facts: LayoutFacts, target: str, forced: str = "") -> Layout:
         raise LayoutError(f"{target} matches no host layout: {VM_UNIT} exists but has no sysbox-runc runtime "
                           f"and there is no {CAI_UNIT}; nothing was changed",
                           "install ContainAI there first, or set cai.layout (INVOKE_CAI_LAYOUT) to "
-                          "containai or lima-vm")
+                          "containai or lima-vm", "none")
     raise LayoutError(f"{target} matches no host layout: neither {CAI_UNIT} nor a {VM_UNIT} with "
                       "sysbox-runc exists; nothing was changed",
                       "install ContainAI there first, or set cai.layout (INVOKE_CAI_LAYOUT) to "
-                      "containai or lima-vm")
+                      "containai or lima-vm", "none")
 
 
-def bridge_conflict(layout: Layout, facts: LayoutFacts) -> str:
+def bridge_conflict(layout: Layout, facts: LayoutFacts, strict: bool = True) -> str:
     """Pure: why the bridge address the layout needs cannot be used ("" when it can).
 
-    The bridge's network must not overlap an address of another interface, and a bridge that already
-    has another IPv4 address is reported (the installer leaves such an address in place).
+    The bridge's network must not overlap an address of another interface; with ``strict``, a bridge
+    that already has another IPv4 address is reported too (the installer leaves such an address in
+    place, and the engine then uses it).
     """
     if not layout.bridge or not layout.bridge_address:
         return ""
@@ -433,7 +441,7 @@ def bridge_conflict(layout: Layout, facts: LayoutFacts) -> str:
             return (f"the bridge {layout.bridge} needs {layout.bridge_address}, which overlaps {addr.cidr} "
                     f"on {addr.ifname}")
     have = [ipaddress.ip_interface(a) for a in layout.bridge_addresses]
-    if have and wanted not in have:
+    if strict and have and wanted not in have:
         return (f"the bridge {layout.bridge} carries {', '.join(layout.bridge_addresses)} instead of "
                 f"{layout.bridge_address}")
     return ""
@@ -564,3 +572,34 @@ def layout_error_finding(exc: LayoutError, target: str, platform: str = "") -> A
     from ops.findings import Finding
 
     return Finding("layout.unknown", "error", target, exc.message, exc.hint, platform)
+
+
+# --- update ---------------------------------------------------------------------------------------
+
+def update_layout(ctx: Any, conf: CaiConfig, where: str) -> Layout | None:
+    """The layout ``inv update`` acts on, or a refusal (LayoutError: nothing was changed).
+
+    - both engines, an unreadable or invalid daemon.json: refused (update never guesses);
+    - lima-vm: refused, this version updates only the containai layout (it would otherwise install a
+      second engine, containai-docker, into the VM);
+    - a bridge whose address overlaps another interface's: refused (the engine could not start);
+    - no layout yet (nothing installed): None, the containai layout is installed as on a new host.
+    """
+    try:
+        facts = read_facts(ctx, conf, where)
+        layout = decide(facts, where, conf.layout)
+    except LayoutError as exc:
+        if exc.kind == "none":
+            return None
+        raise
+    if layout.name == LIMA_VM:
+        raise LayoutError(f"{where} has the lima-vm layout ({VM_UNIT} on {VM_SOCKET}, the macOS VM's engine): "
+                          "this version of inv update acts only on the containai layout and never installs "
+                          "containai-docker or a dockerd bundle there; nothing was changed",
+                          "upgrade Sysbox inside the VM with its .deb (apt-get install ./sysbox-ce_*.deb) after "
+                          "stopping the managed containers; `inv doctor` reads this layout", "lima-vm")
+    conflict = bridge_conflict(layout, facts, strict=False)
+    if conflict:
+        raise LayoutError(f"{where}: {conflict}; nothing was changed",
+                          f"free {layout.bridge_address} or name another bridge in {layout.daemon_json}", "bridge")
+    return layout

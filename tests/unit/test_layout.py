@@ -226,3 +226,31 @@ def test_doctor_findings_of_broken_hosts() -> None:
         lay.decide(facts("both-engines"), "lima:vm")
     finding = lay.layout_error_finding(err.value, "lima:vm", "macos")
     assert (finding.code, finding.severity) == ("layout.unknown", "error")
+
+
+class _Ctx:
+    """A Context whose ``run`` returns a captured probe output (the seam read_facts runs through)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def run(self, command: str, **kwargs: object) -> object:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(exited=0, stdout=self.text, stderr="")
+
+
+def test_update_layout_refuses_what_it_must_not_touch() -> None:
+    conf = CaiConfig.from_mapping({})
+    got = lay.update_layout(_Ctx((GOLDEN / "containai-installer.txt").read_text()), conf, "h")
+    assert got is not None and got.name == "containai"
+    assert lay.update_layout(_Ctx((GOLDEN / "docker-without-sysbox.txt").read_text()), conf, "h") is None
+    for name, kind, words in (("lima-vm", "lima-vm", "lima-vm layout"), ("both-engines", "both", "both engines"),
+                              ("containai-daemon-json-invalid", "unreadable", "not valid JSON"),
+                              ("containai-address-conflict", "bridge", "overlaps 172.30.5.1/24 on lo")):
+        with pytest.raises(lay.LayoutError) as err:
+            lay.update_layout(_Ctx((GOLDEN / f"{name}.txt").read_text()), conf, "lima:x")
+        assert err.value.kind == kind and words in err.value.message and "nothing was changed" in err.value.message
+    forced = CaiConfig.from_mapping({"layout": "containai"})
+    got = lay.update_layout(_Ctx((GOLDEN / "both-engines.txt").read_text()), forced, "h")
+    assert got is not None and got.name == "containai"
