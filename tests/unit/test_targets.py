@@ -110,3 +110,19 @@ def test_lima_tunnel_gets_the_lima_config_policy(tmp_path: Path) -> None:
     args = ssh_base_args(Target("lima", vm="vm1"), conf)
     assert args[-1] == "lima-vm1" and "StrictHostKeyChecking=no" in args and "UserKnownHostsFile=/dev/null" in args
     assert "BatchMode=yes" in args
+
+
+def test_known_hosts_name_matching() -> None:
+    """OpenSSH host patterns: ``[host]:port`` is literal (not a character class), ``*``/``?`` wildcards,
+    ``!`` negation, hashed names."""
+    from paramiko.hostkeys import HostKeys
+
+    from ops.hostkeys import _name_matches
+
+    assert _name_matches(["[127.0.0.1]:2222"], "[127.0.0.1]:2222")
+    assert not _name_matches(["[127.0.0.1]:2222"], "1")
+    assert _name_matches(["*.example.com", "!bad.example.com"], "a.example.com")
+    assert not _name_matches(["*.example.com", "!bad.example.com"], "bad.example.com")
+    assert _name_matches(["10.0.0.?"], "10.0.0.5") and not _name_matches(["10.0.0.?"], "10.0.0.55")
+    hashed = HostKeys.hash_host("[127.0.0.1]:2222")
+    assert _name_matches([hashed], "[127.0.0.1]:2222") and not _name_matches([hashed], "[127.0.0.1]:2223")

@@ -169,3 +169,23 @@ def test_round_trip_and_ordering_is_total(numbers: list[int], date: object) -> N
     assert v.numbers == tuple(numbers)
     assert v.same_as(parse_dpkg_version(text + "-0"))
     assert parse_sysbox_runc_output(f"sysbox-runc\n\tversion: \t{text}\n").same_as(v)
+
+
+def test_bundle_probe_parser() -> None:
+    """VERSION (base64) and the absent binaries, as ``bundle_probe`` prints them."""
+    import base64
+
+    from ops.facts import parse_bundle_probe
+
+    version = "version=" + base64.b64encode(b"27.3.1").decode()
+    installed = parse_bundle_probe(version + "\n")
+    assert installed.state is State.INSTALLED and str(installed.version) == "27.3.1"
+    partial = parse_bundle_probe(f"{version}\nabsent=ctr\nabsent=docker-proxy\n")
+    assert partial.state is State.NOT_INSTALLED and partial.missing == ("docker-proxy", "ctr")
+    assert str(partial.version) == "27.3.1" and "docker-proxy, ctr" in partial.reason
+    assert decide("dockerd", partial, parse_version("27.3.1")).action is Action.INSTALL
+    nothing = "version-missing\n" + "".join(f"absent={b}\n" for b in (
+        "dockerd", "docker", "containerd", "containerd-shim-runc-v2", "docker-init", "docker-proxy", "runc", "ctr"))
+    assert parse_bundle_probe(nothing) == Observed(State.NOT_INSTALLED)
+    assert parse_bundle_probe("version-missing\n").missing == ("VERSION",)
+    assert parse_bundle_probe("version=\n").state is State.UNKNOWN  # empty VERSION
