@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -233,7 +234,11 @@ class _Verifier(paramiko.MissingHostKeyPolicy):
                 f"{first.file}` and connect again")
         if self.policy.mode == "accept-new":
             if self.policy.user_files:
-                record(self.policy.user_files[0], name, key, self.policy.hash_new)
+                try:
+                    record(self.policy.user_files[0], name, key, self.policy.hash_new)
+                except OSError as exc:  # OpenSSH warns and goes on too
+                    print(f"warning: could not record the host key of {self.display} in "
+                          f"{self.policy.user_files[0]} ({exc.strerror})", file=sys.stderr)
             return
         client.close()
         where = self.policy.user_files[0] if self.policy.user_files else "~/.ssh/known_hosts"
