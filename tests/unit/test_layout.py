@@ -254,3 +254,14 @@ def test_update_layout_refuses_what_it_must_not_touch() -> None:
     forced = CaiConfig.from_mapping({"layout": "containai"})
     got = lay.update_layout(_Ctx((GOLDEN / "both-engines.txt").read_text()), forced, "h")
     assert got is not None and got.name == "containai"
+
+
+def test_a_host_without_systemd_and_nothing_installed_has_no_layout_yet() -> None:
+    """Read without systemd (unit files found on disk): Debian's docker.io unit, no ContainAI."""
+    f = facts("no-systemd-nothing-installed")
+    assert f.unit("docker.service").present and not f.unit("containai-docker.service").present
+    with pytest.raises(lay.LayoutError) as err:
+        lay.decide(f, "local")
+    assert err.value.kind == "none"
+    conf = CaiConfig.from_mapping({})
+    assert lay.update_layout(_Ctx((GOLDEN / "no-systemd-nothing-installed.txt").read_text()), conf, "local") is None
