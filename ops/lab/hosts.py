@@ -709,7 +709,10 @@ def status(docker_host: str | None = None) -> list[dict[str, str]]:
         rows[name] = {"name": name, "address": f"{address_of(index)}:{SSH_PORT}", "state": "reserved",
                       "ssh_config": ""}
         with contextlib.suppress(NotFoundError):
-            rows[name]["ssh_config"] = load(name).ssh_config
+            loaded = load(name)
+            rows[name]["ssh_config"] = loaded.ssh_config
+            if loaded.layout:  # no address: reached through docker exec
+                rows[name]["address"] = f"layout {loaded.layout}"
     client = _client(docker_host or DOCKER_HOST)
     try:
         for container in client.containers.list(all=True, filters={"label": LABEL}):
