@@ -60,8 +60,8 @@ def doctor(
         from ops.tasks.repair import run_repair
 
         # no scope flag means all managed containers; --container narrows it
-        code = run_repair(c, all=all or not container, container=container or None, dry_run=dry_run,
-                          uid=None if uid < 0 else uid, gid=None if gid < 0 else gid)
+        code = run_repair(c, all=all, container=container or None, dry_run=dry_run,
+                          uid=None if uid < 0 else uid, gid=None if gid < 0 else gid, default_all=True)
         if code:
             raise Exit(code=code)
         return
