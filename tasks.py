@@ -23,7 +23,10 @@ ROOT = Path(__file__).resolve().parent
 BENCH_PATH = ["tests", "tests/lab"]
 #: Where a lab host keeps the checkout, and the data root (a bind mount, not overlayfs) its own lab uses.
 LAB_CHECKOUT = "/root/containai-ops"
-LAB_ROOT_IN_HOST = "/var/lib/containai-docker/cai-lab"
+#: The lab's root inside the host: a bind mount from the host's data folder, so that the tests' own lab
+#: engine there keeps its overlay2 data on a plain file system, not on the host's overlayfs.
+LAB_ROOT_IN_HOST = "/var/lib/cai-lab"
+LAB_ROOT_SOURCE = "/var/lib/containai-docker/cai-lab"
 #: The Python packages a lab host installs, downloaded on this side (this side's index and proxy settings).
 WHEELHOUSE = "wheelhouse"
 
@@ -98,9 +101,18 @@ def wheelhouse(dest: Path, constraints: Path) -> Path:
 def in_lab_script(pytest_args: list[str]) -> str:
     """The shell script run in the lab host: a clean Debian with systemd as PID 1, then bootstrap (pip
     offline from the wheelhouse), then the tests. The host starts as an older ContainAI install; that is
-    removed first, and the stopped nested engine's data root (a bind mount) becomes the lab root of the
-    tests' own engine there."""
+    removed first, and the stopped nested engine's data root (a bind mount) holds the lab root of the
+    tests' own engine there.
+
+    The tests run as a transient systemd service (``systemd-run --pipe --wait``), as a CI runner's job
+    runs under its agent service: not inside an SSH login, whose audit login uid every process started
+    from it inherits (an sshd in a container started by such a dockerd then fails ``pam_loginuid``)."""
     pytest = " ".join(shlex.quote(a) for a in pytest_args)
+    # pytest's temporary files on the file system of the lab's data (tests bind-mount one into the other),
+    # as on a machine, not on the host's overlayfs root
+    service_env = {"HOME": "/root", "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": f"/tmp/{WHEELHOUSE}",
+                   "PIP_CONSTRAINT": "/tmp/constraints.txt", "LANG": "C.UTF-8", "TMPDIR": f"{LAB_ROOT_IN_HOST}/tmp"}
+    env_flags = " ".join(f"-E {k}={shlex.quote(v)}" for k, v in service_env.items())
     return "\n".join([
         "set -e",
         "systemctl disable --now containai-docker.service >/dev/null 2>&1 || true",
@@ -116,9 +128,12 @@ def in_lab_script(pytest_args: list[str]) -> str:
         # pip offline from the wheelhouse, for bootstrap and for the tests that run pip
         f"export PIP_NO_INDEX=1 PIP_FIND_LINKS=/tmp/{WHEELHOUSE} PIP_CONSTRAINT=/tmp/constraints.txt",
         "./bootstrap.sh deps",
-        f"export CAI_LAB_ROOT={LAB_ROOT_IN_HOST}",
+        f"mkdir -p {LAB_ROOT_SOURCE} {LAB_ROOT_IN_HOST}",
+        f"mountpoint -q {LAB_ROOT_IN_HOST} || mount --bind {LAB_ROOT_SOURCE} {LAB_ROOT_IN_HOST}",
+        f"mkdir -p {LAB_ROOT_IN_HOST}/tmp",
         f"printf '==> python -m pytest %s\\n' {shlex.quote(pytest)}",
-        f"exec .venv/bin/python -m pytest -p no:cacheprovider {pytest}",
+        f"exec systemd-run --pipe --wait --quiet --collect -p WorkingDirectory={LAB_CHECKOUT} {env_flags} "
+        f".venv/bin/python -m pytest -p no:cacheprovider {pytest} </dev/null",
     ])
 
 
