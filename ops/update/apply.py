@@ -346,7 +346,7 @@ class Session:
             except OpsError:
                 if not self.opts.dry_run:
                     raise
-                self._reader = Host(self.resolved.ctx, "")
+                self._reader = Host(self.resolved.ctx, "", privileged=False)
         return self._reader
 
     @property

@@ -44,9 +44,10 @@ class FileState:
 class Host:
     """A target host with root access for actions."""
 
-    def __init__(self, ctx: Any, sudo: str = "") -> None:
+    def __init__(self, ctx: Any, sudo: str = "", privileged: bool = True) -> None:
         self.ctx = ctx
         self.sudo = sudo  # "" when root, "sudo -n " otherwise
+        self.privileged = privileged  # False: only the login user's rights (a dry run without root)
         self._staging: str | None = None
 
     @classmethod
@@ -148,7 +149,8 @@ class Host:
         unreadable = [p for p in paths if found.get(p) == UNREADABLE]
         if unreadable or any(p not in found for p in paths):
             bad = unreadable or [p for p in paths if p not in found]
-            how = "as root" if not self.sudo else "through sudo"
+            how = ("as the login user (run as root to read it)" if not self.privileged
+                   else "through sudo" if self.sudo else "as root")
             raise OpsError(f"cannot read {', '.join(bad)} on {self.name} {how}"
                            + (f" ({err.strip().splitlines()[-1][:200]})" if err.strip() else ""),
                            "check the file (a directory, a broken mount, a permission root lacks), "

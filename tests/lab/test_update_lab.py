@@ -26,7 +26,7 @@ from _update_lab import (
 )
 
 from ops.lab import NEW_DOCKERD, NEW_SYSBOX, OLD_DOCKERD, OLD_SYSBOX
-from ops.lab.bundle import build_sysbox_deb, bundle_dir, docker_tarball
+from ops.lab.bundle import build_sysbox_deb, bundle_dir, docker_tarball, package_version
 
 pytestmark = pytest.mark.lab
 MANAGED = ("m1", "m2", "m3")
@@ -68,7 +68,7 @@ def test_update_refuses_dry_runs_upgrades_and_resumes(old_host: tuple[Any, Path]
     for name in MANAGED:
         assert f"    {name}  t-busy  running" in refused.stdout
     assert "--stop-containers" in refused.stderr and refused.stderr.count("\n") == 1
-    assert "because" in refused.stdout and "install Sysbox 0.6.7+containai.20260101" in refused.stdout
+    assert "because" in refused.stdout and f"install Sysbox {package_version(NEW_SYSBOX)}" in refused.stdout
     assert snapshot(host) == before
 
     # 2. --dry-run: the plan, the containers, "would" lines; facts identical
