@@ -104,3 +104,22 @@ def test_host_identity_resolves_lima_and_ssh_forms(tmp_path: Path) -> None:
     assert host_identity("local", conf) == "local"
     assert host_identity("lima:missing", conf) == "lima-missing:22"  # no config yet: its own identity
     assert host_identity("bogus:x", conf) == "unparsed:bogus:x"
+
+
+def test_recovery_waits_for_the_units_job_to_finish() -> None:
+    """``settle`` polls ``systemctl show -p Job -p ActiveState`` until systemd has no job for the unit
+    (answers in the form systemd 252 prints them), and gives up with a clear error when it never ends."""
+    from invoke import MockContext, Result
+
+    from ops.errors import OpsError
+    from ops.update.apply import settle
+    from ops.update.hostio import Host
+
+    busy = Result("ActiveState=activating\nJob=61\n")
+    done = Result("ActiveState=active\nJob=\n")
+    ctx = MockContext(run=[busy, busy, done], repeat=False)
+    assert settle(Host(ctx, ""), "containai-docker.service", timeout=30) == "active"
+    assert ctx.run.call_count == 3  # type: ignore[attr-defined]
+    stuck = MockContext(run=busy, repeat=True)
+    with pytest.raises(OpsError, match="a systemd job for containai-docker.service is still running after 1s"):
+        settle(Host(stuck, ""), "containai-docker.service", timeout=1)
