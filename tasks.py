@@ -41,7 +41,7 @@ WHEELHOUSE = "wheelhouse"
 )
 def test(c: Any, marker: list[str] | None = None, k: str = "", x: bool = False) -> None:
     """Run the test suite (all tiers unless --marker is given)."""
-    args = ["python", "-m", "pytest", "-q"]
+    args = [shlex.quote(sys.executable), "-m", "pytest", "-q"]  # this venv's python, activated or not
     if marker:
         args += ["-m", shlex.quote(" or ".join(marker))]
     if k:
