@@ -17,8 +17,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
+
+import invoke
 
 from ops.config import CaiConfig
 from ops.errors import OpsError, TargetError
@@ -102,23 +104,77 @@ def host_ssh_config(conf: CaiConfig) -> Path | None:
     return path
 
 
-def make_context(target: Target, conf: CaiConfig, base: Any = None) -> Any:
-    """The Context for a target: ``invoke.Context`` locally, ``fabric.Connection`` otherwise.
+class LocalContext(invoke.Context):
+    """The local host's Context: an ``invoke.Context`` that also copies files like a
+    ``fabric.Connection`` (``put``/``get``), so code handed either needs no branch."""
+
+    def put(self, local: str | os.PathLike[str], remote: str | None = None,
+            preserve_mode: bool = True) -> None:
+        """Copy a local file to ``remote`` (a path, or a directory to copy into) on this host."""
+        _copy(os.fspath(local), remote or os.path.basename(os.fspath(local)), preserve_mode)
+
+    def get(self, remote: str, local: str | os.PathLike[str] | None = None,
+            preserve_mode: bool = True) -> None:
+        """Copy ``remote`` on this host to ``local`` (a path, or a directory to copy into)."""
+        _copy(remote, os.fspath(local) if local is not None else os.path.basename(remote), preserve_mode)
+
+
+class FileContext(Protocol):
+    """What code that copies files needs of a Context: ``run`` and ``put`` (a :class:`LocalContext`
+    or a ``fabric.Connection``; both are ``invoke.Context``)."""
+
+    def run(self, command: str, **kwargs: Any) -> Any:
+        """Run a command (``invoke.Context.run``)."""
+
+    def put(self, local: Any, remote: str | None = None, preserve_mode: bool = True) -> Any:
+        """Copy a local file to the host."""
+
+
+def _copy(source: str, dest: str, preserve_mode: bool) -> None:
+    if os.path.isdir(dest):
+        dest = os.path.join(dest, os.path.basename(source))
+    if preserve_mode:
+        shutil.copy(source, dest)
+    else:
+        shutil.copyfile(source, dest)
+
+
+def local_context(base: Any = None, overrides: dict[str, Any] | None = None) -> invoke.Context:
+    """The local Context: a :class:`LocalContext` sharing the config of ``base`` (a task's plain
+    ``invoke.Context``), else one of ``overrides``; any other Context given (a LocalContext already, or
+    a test's ``MockContext``) is used as it is."""
+    if base is None:
+        return LocalContext(config=invoke.Config(overrides=overrides or {}))
+    if type(base) is invoke.Context:
+        return LocalContext(config=base.config)
+    return base
+
+
+def on_macos(conf: CaiConfig) -> bool:
+    """True when this machine is a Mac (detected, or ``cai.platform=macos``): its engine is in Lima."""
+    return conf.platform == "macos" or (not conf.platform and os.uname().sysname == "Darwin")
+
+
+def effective_target(target: Target, conf: CaiConfig) -> Target:
+    """The target a command acts on: on a Mac the local target is the Lima VM ``cai.lima_vm``."""
+    if not target.remote and on_macos(conf):
+        return Target("lima", vm=conf.lima_vm)
+    return target
+
+
+def make_context(target: Target, conf: CaiConfig, base: Any = None) -> invoke.Context:
+    """The Context for a target: a :class:`LocalContext` locally, ``fabric.Connection`` otherwise.
 
     The ``cai`` section of ``base`` (the task's context) is carried over so the core sees one config.
     A connection checks the target's host key as its ssh config says (``ops.hostkeys``): unknown and
     changed keys are refused unless ``StrictHostKeyChecking`` is ``accept-new`` or ``no`` for it.
     """
-    import invoke
-
     overrides: dict[str, Any] = {}
     if base is not None:
         with contextlib.suppress(Exception):
             overrides["cai"] = dict(base.config["cai"])
-    if target.kind == "local":
-        if base is not None:
-            return base
-        return invoke.Context(config=invoke.Config(overrides=overrides))
+    if not target.remote:
+        return local_context(base, overrides)
     from ops import hostkeys
 
     conn = _connection(target, conf, overrides)

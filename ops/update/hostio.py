@@ -1,7 +1,7 @@
 """Acting on a host through its Context: root commands, privileged reads and durable file writes.
 
-This is the one place that knows how to put a file on a target: ``fabric.Connection.put`` for a remote
-host, a plain copy for the local ``invoke.Context`` (which has no ``put``). Everything else goes through
+Files reach a target through its Context's ``put`` (``fabric.Connection`` remotely, ``LocalContext``
+locally: one code path). Everything else goes through
 ``ctx.run`` with ``in_stream=False``, prefixed with ``sudo -n`` when the login user is not root. Files
 the update replaces are read through that same privileged path, so a file only root can read is read,
 and one that cannot be read at all is an error, never "missing".
@@ -14,14 +14,13 @@ import binascii
 import contextlib
 import os
 import shlex
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ops.errors import OpsError, TargetError
-from ops.targets import describe
+from ops.targets import FileContext, describe
 
 #: The time a read-only probe gets (a command that does real work gets a budget of its own).
 PROBE_TIMEOUT = 60
@@ -44,14 +43,14 @@ class FileState:
 class Host:
     """A target host with root access for actions."""
 
-    def __init__(self, ctx: Any, sudo: str = "", privileged: bool = True) -> None:
+    def __init__(self, ctx: FileContext, sudo: str = "", privileged: bool = True) -> None:
         self.ctx = ctx
         self.sudo = sudo  # "" when root, "sudo -n " otherwise
         self.privileged = privileged  # False: only the login user's rights (a dry run without root)
         self._staging: str | None = None
 
     @classmethod
-    def open(cls, ctx: Any) -> Host:
+    def open(cls, ctx: FileContext) -> Host:
         """Check root access on the target: root, or passwordless sudo; else a clear error."""
         code, out, _err = _run(ctx, "id -u; sudo -n true >/dev/null 2>&1 && echo sudo-ok", PROBE_TIMEOUT)
         lines = out.split()
@@ -115,12 +114,8 @@ class Host:
     def upload(self, local: str | Path, name: str) -> str:
         """Copy a local file into the staging directory on the target; return its remote path."""
         remote = f"{self.staging()}/{name}"
-        put = getattr(self.ctx, "put", None)
         try:
-            if callable(put):
-                put(str(local), remote=remote)
-            else:
-                shutil.copyfile(str(local), remote)
+            self.ctx.put(str(local), remote=remote)
         except Exception as exc:
             raise OpsError(f"cannot copy {local} to {self.name}: {str(exc).strip()[:200]}",
                            "check free space in /tmp on the target") from None

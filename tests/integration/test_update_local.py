@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import invoke
 import pytest
 from _cli import inv
 
@@ -24,6 +23,7 @@ from ops import units
 from ops.config import CaiConfig
 from ops.errors import OpsError
 from ops.lab.bundle import build_sysbox_deb, write_sha256
+from ops.targets import LocalContext
 from ops.update import journal as jr
 from ops.update.apply import install_dockerd, start_containers, stop_containers
 from ops.update.hostio import Host
@@ -53,7 +53,7 @@ def conf(tmp_path: Path, **over: Any) -> CaiConfig:
 
 def test_install_dockerd_bundle_locally_with_atomic_links(tmp_path: Path) -> None:
     c = conf(tmp_path)
-    host = Host(invoke.Context(), "")
+    host = Host(LocalContext(), "")
     try:
         install_dockerd(host, c, fake_bundle(tmp_path / "b1", "27.0.1", ("dockerd", "docker", "docker-init")),
                         "27.0.1")
@@ -77,7 +77,7 @@ def test_install_dockerd_bundle_locally_with_atomic_links(tmp_path: Path) -> Non
 
 def test_bundle_checksum_wrong_or_missing(tmp_path: Path) -> None:
     c = conf(tmp_path)
-    host = Host(invoke.Context(), "")
+    host = Host(LocalContext(), "")
     tgz = fake_bundle(tmp_path / "b", "27.0.1")
     tgz.with_name(tgz.name + ".sha256").write_text(f"{'0' * 64}  {tgz.name}\n")
     with pytest.raises(OpsError, match="checksum mismatch"):
@@ -96,7 +96,7 @@ def test_bundle_without_docker_folder_is_refused(tmp_path: Path) -> None:
         info.size = 0
         tar.addfile(info, io.BytesIO(b""))
     write_sha256(bad)
-    host = Host(invoke.Context(), "")
+    host = Host(LocalContext(), "")
     with pytest.raises(OpsError, match="installing the dockerd bundle 27.0.1 failed.*no docker/dockerd"):
         install_dockerd(host, conf(tmp_path), bad, "27.0.1")
     assert not (tmp_path / "opt" / "VERSION").exists()
@@ -104,7 +104,7 @@ def test_bundle_without_docker_folder_is_refused(tmp_path: Path) -> None:
 
 def test_journal_on_the_local_host(tmp_path: Path) -> None:
     c = conf(tmp_path)
-    host = Host(invoke.Context(), "")
+    host = Host(LocalContext(), "")
     assert jr.read(host, c) is None
     jr.write(host, c, jr.Journal("local", ("a", "b"), ("stop-containers",)))
     assert oct((tmp_path / "state" / jr.NAME).stat().st_mode & 0o777) == "0o600"
@@ -256,9 +256,9 @@ def test_journal_write_syncs_the_file_and_its_directory(tmp_path: Path) -> None:
     directory is fsync'ed after the rename."""
     state = tmp_path / "state"
     trace = tmp_path / "trace"
-    script = ("import invoke; from ops.config import CaiConfig; from ops.update import journal as jr; "
-              "from ops.update.hostio import Host; "
-              f"c = CaiConfig.from_mapping({{'state_dir': {str(state)!r}}}); h = Host(invoke.Context(), ''); "
+    script = ("from ops.config import CaiConfig; from ops.update import journal as jr; "
+              "from ops.update.hostio import Host; from ops.targets import LocalContext; "
+              f"c = CaiConfig.from_mapping({{'state_dir': {str(state)!r}}}); h = Host(LocalContext(), ''); "
               "jr.write(h, c, jr.Journal('local', ('a', 'b'), ('stop-containers',))); h.cleanup()")
     subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,fsync,rename,renameat,renameat2", "-o", str(trace),
                     sys.executable, "-c", script], cwd=ROOT, check=True, capture_output=True)
@@ -286,12 +286,12 @@ def test_files_are_read_as_root_unreadable_is_not_missing_and_modes_are_kept(tmp
     secret.write_text('{"bridge": "none"}\n')
     secret.chmod(0o600)
     tmp_path.chmod(0o755)
-    root = Host(invoke.Context(), "")
+    root = Host(LocalContext(), "")
     states = root.read_files([str(secret), str(tmp_path / "nope")])
     assert states[str(secret)].text == '{"bridge": "none"}\n' and states[str(secret)].mode == 0o600
     assert not states[str(tmp_path / "nope")].exists and root.read_text(str(tmp_path / "nope")) is None
     # the same read as a user who cannot read the file: an error naming it, never "missing"
-    nobody = Host(invoke.Context(), "runuser -u nobody -- ")
+    nobody = Host(LocalContext(), "runuser -u nobody -- ")
     with pytest.raises(OpsError, match=f"cannot read {secret} on local host through sudo"):
         nobody.read_files([str(secret)])
     # a replaced file keeps its mode (0600 stays 0600); a script keeps its execute bits; a new file
@@ -314,7 +314,7 @@ def test_files_are_read_as_root_unreadable_is_not_missing_and_modes_are_kept(tmp
 def test_a_command_cut_by_its_timeout_is_reported_as_cut(tmp_path: Path) -> None:
     from ops.update.hostio import CutError
 
-    host = Host(invoke.Context(), "")
+    host = Host(LocalContext(), "")
     with pytest.raises(CutError) as cut:
         host.sh("sleep 30", what="systemctl restart containai-docker.service", timeout=1)
     assert cut.value.message == ("systemctl restart containai-docker.service was cut after 1s on local host "
@@ -327,7 +327,7 @@ def test_rollback_copy_puts_links_version_and_files_back(tmp_path: Path) -> None
     from ops.update import rollback as rb
 
     c = conf(tmp_path)
-    host = Host(invoke.Context(), "")
+    host = Host(LocalContext(), "")
     opt = tmp_path / "opt"
     unit = tmp_path / "etc" / "engine.service"
     guard = tmp_path / "etc" / "guard.service"
