@@ -42,6 +42,8 @@ CAI_DAEMON_JSON = "/etc/containai/docker/daemon.json"
 VM_DAEMON_JSON = "/etc/docker/daemon.json"
 CAI_DATA_ROOT = "/var/lib/containai-docker"
 VM_DATA_ROOT = "/var/lib/docker"
+#: The stop-hook script on lima-vm (the VM has no /opt/containai: no bundle is ever installed there).
+VM_GUARD_SCRIPT = "/usr/local/libexec/containai-guard"
 CAI_OPT = "/opt/containai"
 #: The binaries a complete dockerd bundle links in ``<opt>/bin`` (the installer's "installed" test).
 BUNDLE_BINARIES = ("dockerd", "docker", "containerd", "containerd-shim-runc-v2", "docker-init",
@@ -576,28 +578,24 @@ def layout_error_finding(exc: LayoutError, target: str, platform: str = "") -> A
 
 # --- update ---------------------------------------------------------------------------------------
 
-def update_layout(ctx: Any, conf: CaiConfig, where: str) -> Layout | None:
+def update_layout(ctx: Any, conf: CaiConfig, where: str, facts: LayoutFacts | None = None) -> Layout | None:
     """The layout ``inv update`` acts on, or a refusal (LayoutError: nothing was changed).
 
+    ``facts`` are the probe's facts when the caller read them itself (as root: a 0600 daemon.json).
+
     - both engines, an unreadable or invalid daemon.json: refused (update never guesses);
-    - lima-vm: refused, this version updates only the containai layout (it would otherwise install a
-      second engine, containai-docker, into the VM);
+    - lima-vm: the VM's docker.service; update upgrades Sysbox and the stop hook there only, never the
+      dockerd bundle or containai-docker;
     - a bridge whose address overlaps another interface's: refused (the engine could not start);
     - no layout yet (nothing installed): None, the containai layout is installed as on a new host.
     """
     try:
-        facts = read_facts(ctx, conf, where)
+        facts = facts if facts is not None else read_facts(ctx, conf, where)
         layout = decide(facts, where, conf.layout)
     except LayoutError as exc:
         if exc.kind == "none":
             return None
         raise
-    if layout.name == LIMA_VM:
-        raise LayoutError(f"{where} has the lima-vm layout ({VM_UNIT} on {VM_SOCKET}, the macOS VM's engine): "
-                          "this version of inv update acts only on the containai layout and never installs "
-                          "containai-docker or a dockerd bundle there; nothing was changed",
-                          "upgrade Sysbox inside the VM with its .deb (apt-get install ./sysbox-ce_*.deb) after "
-                          "stopping the managed containers; `inv doctor` reads this layout", "lima-vm")
     conflict = bridge_conflict(layout, facts, strict=False)
     if conflict:
         raise LayoutError(f"{where}: {conflict}; nothing was changed",

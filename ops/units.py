@@ -10,6 +10,12 @@ Rendered files (all from templates in ``systemd/``):
 - ``/etc/containai/docker/daemon.json``: the keys the engine needs (hosts, data-root, exec-root,
   pidfile, the sysbox-runc runtime) merged into whatever else the host's file holds.
 
+On the *lima-vm* layout (``ops.layout``: the macOS VM's own ``docker.service``) only the stop hook is
+rendered: the guard unit (``PartOf=``/``After=`` docker.service and the Sysbox units, enabled as
+``WantedBy=docker.service``) and its script in ``/usr/local/libexec`` (DOCKER_HOST the VM's
+``/var/run/docker.sock``, the VM's docker CLI). The engine, its unit and daemon.json are the
+distribution's and the Sysbox package's; nothing goes to ``/opt/containai`` there.
+
 Rendering and drift detection are pure; ``install`` is the only writer.
 """
 
@@ -25,7 +31,7 @@ from typing import Any
 
 from ops.config import CaiConfig
 from ops.errors import ConfigError, OpsError
-from ops.layout import daemon_defaults
+from ops.layout import LIMA_VM, VM_GUARD_SCRIPT, Layout, daemon_defaults
 
 ENGINE_UNIT = "containai-docker.service"
 GUARD_UNIT = "containai-docker-guard.service"
@@ -80,8 +86,15 @@ class Drift:
         return Path(self.path).name
 
 
-def guard_script_path(conf: CaiConfig) -> str:
-    """Where the stop-hook script is installed."""
+def is_vm(layout: Layout | None) -> bool:
+    """True for the lima-vm layout (None, a host with no layout yet, renders the containai files)."""
+    return layout is not None and layout.name == LIMA_VM
+
+
+def guard_script_path(conf: CaiConfig, layout: Layout | None = None) -> str:
+    """Where the stop-hook script is installed (``/usr/local/libexec`` on lima-vm: no /opt/containai)."""
+    if is_vm(layout):
+        return VM_GUARD_SCRIPT
     return f"{conf.opt_dir.rstrip('/')}/libexec/containai-guard"
 
 
@@ -121,14 +134,24 @@ def _check_conf(conf: CaiConfig) -> None:
         raise ConfigError(f"cai.label {conf.label!r} contains quotes or newlines", "use containai.managed=true")
 
 
-def template_values(conf: CaiConfig) -> dict[str, str]:
-    """The placeholder values of the templates."""
+def template_values(conf: CaiConfig, layout: Layout | None = None) -> dict[str, str]:
+    """The placeholder values of the templates (the guard's engine per layout)."""
     _check_conf(conf)
     stop = int(conf.stop_timeout)
+    opt = conf.opt_dir.rstrip("/")
+    vm = is_vm(layout)
+    engine = layout.engine_unit if vm and layout is not None else ENGINE_UNIT
     return {
-        "OPT_DIR": conf.opt_dir.rstrip("/"),
+        "OPT_DIR": opt,
         "DAEMON_JSON": DAEMON_JSON,
-        "DOCKER_HOST": conf.docker_host,
+        "DOCKER_HOST": layout.docker_host if vm and layout is not None else conf.docker_host,
+        "DOCKER_BIN_DIR": "/usr/bin" if vm else f"{opt}/bin",
+        "ENGINE_NAME": engine.removesuffix(".service"),
+        "GUARD_UNITS": " ".join((engine, *SYSBOX_UNITS)),
+        "GUARD_SCRIPT": guard_script_path(conf, layout),
+        # containai: the engine unit Wants= the guard; lima-vm: the distribution's docker.service is
+        # not ours, so the guard is enabled into it
+        "GUARD_INSTALL": f"\n[Install]\nWantedBy={engine}\n" if vm else "",
         "LABEL": conf.label,
         "STOP_TIMEOUT": str(stop),
         "ENGINE_STOP_TIMEOUT": str(stop + STOP_MARGIN),
@@ -186,10 +209,18 @@ def merge_daemon_json(installed: str | None, conf: CaiConfig) -> str:
 
 
 def render(conf: CaiConfig, installed_daemon_json: str | None = None,
-           template_dir: Path | None = None) -> list[RenderedFile]:
-    """Pure: every file as ``update`` installs it, in install order."""
-    values = template_values(conf)
+           template_dir: Path | None = None, layout: Layout | None = None) -> list[RenderedFile]:
+    """Pure: every file as ``update`` installs it, in install order (for ``layout``: lima-vm gets the
+    stop hook only)."""
+    values = template_values(conf, layout)
     unit_dir = conf.unit_dir.rstrip("/")
+    if is_vm(layout):
+        return [
+            RenderedFile(guard_script_path(conf, layout),
+                         _substitute(_template("containai-guard.in", template_dir), values), 0o755, "script"),
+            RenderedFile(f"{unit_dir}/{GUARD_UNIT}",
+                         _substitute(_template(f"{GUARD_UNIT}.in", template_dir), values), 0o644, "unit"),
+        ]
     return [
         RenderedFile(guard_script_path(conf),
                      _substitute(_template("containai-guard.in", template_dir), values), 0o755, "script"),
@@ -201,9 +232,11 @@ def render(conf: CaiConfig, installed_daemon_json: str | None = None,
     ]
 
 
-def managed_paths(conf: CaiConfig) -> list[str]:
-    """The paths of every file the toolkit manages on a host."""
+def managed_paths(conf: CaiConfig, layout: Layout | None = None) -> list[str]:
+    """The paths of every file the toolkit manages on a host (of ``layout``)."""
     unit_dir = conf.unit_dir.rstrip("/")
+    if is_vm(layout):
+        return [guard_script_path(conf, layout), f"{unit_dir}/{GUARD_UNIT}"]
     return [guard_script_path(conf), DAEMON_JSON, f"{unit_dir}/{ENGINE_UNIT}", f"{unit_dir}/{GUARD_UNIT}"]
 
 

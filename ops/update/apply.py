@@ -20,6 +20,7 @@ from typing import Any
 
 from ops.config import CaiConfig
 from ops.errors import EngineError, OpsError, RefusedError
+from ops.layout import LIMA_VM, Layout
 from ops.units import ENGINE_UNIT, GUARD_UNIT, RenderedFile
 from ops.update import journal as jr
 from ops.update import lock as lk
@@ -192,7 +193,7 @@ def install_sysbox(host: Host, deb: Path, digest: str = "", staged: str = "",
                        "(the package needs fuse3 and its other dependencies from them), then rerun") from None
 
 
-def wait_engine(docker_host: str, conf: CaiConfig, timeout: float = 90) -> None:
+def wait_engine(docker_host: str, conf: CaiConfig, timeout: float = 90, unit: str = ENGINE_UNIT) -> None:
     """Wait until the engine answers a ping (through a new connection each try)."""
     from ops.engine import Engine
 
@@ -206,14 +207,14 @@ def wait_engine(docker_host: str, conf: CaiConfig, timeout: float = 90) -> None:
             last = exc.message
         if time.monotonic() > deadline:
             raise EngineError(f"the engine did not answer a ping within {timeout:.0f}s after the restart ({last})",
-                              f"see `journalctl -u {ENGINE_UNIT}`; then inv update --resume")
+                              f"see `journalctl -u {unit}`; then inv update --resume")
         time.sleep(0.5)
 
 
-def budget(host: Host, conf: CaiConfig) -> int:
+def budget(host: Host, conf: CaiConfig, engine_unit: str = ENGINE_UNIT) -> int:
     """Seconds a restart of the engine or Sysbox may take on this host (see ``ops.update.timeouts``)."""
-    _code, out, _err = host.probe(tm.show_command())
-    return tm.restart_budget(conf, tm.parse_show(out))
+    _code, out, _err = host.probe(tm.show_command((engine_unit, GUARD_UNIT)))
+    return tm.restart_budget(conf, tm.parse_show(out), engine_unit)
 
 
 def settle(host: Host, unit: str, timeout: float) -> str:
@@ -322,6 +323,7 @@ class Session:
         self._reader: Host | None = None
         self._budget: int | None = None
         self.lock: lk.HostLock | None = None
+        self.layout: Layout | None = None  # read by read_layout(); None: nothing installed yet (containai)
 
     def close(self) -> None:
         """Release the engine forward, the staging directory and the lock."""
@@ -358,6 +360,33 @@ class Session:
             self._docker_host = self._stack.enter_context(engine_host(self.resolved.target, self.conf))
         return self._docker_host
 
+    @property
+    def engine_unit(self) -> str:
+        """The unit of the engine that serves the managed containers (of the host's layout)."""
+        return self.layout.engine_unit if self.layout is not None else ENGINE_UNIT
+
+    @property
+    def vm(self) -> bool:
+        """The lima-vm layout: Sysbox and the stop hook only, never the dockerd bundle or containai-docker."""
+        return self.layout is not None and self.layout.name == LIMA_VM
+
+    def read_layout(self) -> Layout | None:
+        """Read the host layout on the target (as root, like the files the update replaces; see
+        ``ops.layout.update_layout``: refusals change nothing). On lima-vm the engine socket and data
+        root become the VM's docker.service's."""
+        from ops.layout import LayoutError, conf_for, parse_probe, probe_command, update_layout
+
+        _code, out, err = self.reader.probe(probe_command(self.conf.label))
+        if "load:" not in out:
+            raise LayoutError(f"{self.resolved.name}: the layout probe failed ({err.strip()[:200] or _code})",
+                              "check that the host is a POSIX host with a shell")
+        self.layout = update_layout(self.resolved.ctx, self.conf, self.resolved.name, parse_probe(out))
+        if self.vm and self.layout is not None:
+            if self._docker_host is not None:
+                raise OpsError("the engine was reached before the host layout was read", "this is a bug")
+            self.conf = conf_for(self.conf, self.layout)
+        return self.layout
+
     def take_lock(self) -> None:
         """Hold the target's update lock until the session closes (see ``ops.update.lock``)."""
         if self.lock is None:
@@ -367,18 +396,18 @@ class Session:
     def restart_budget(self) -> int:
         """The restart budget of this host (read from its units once they are installed)."""
         if self._budget is None:
-            self._budget = budget(self.host, self.conf)
+            self._budget = budget(self.host, self.conf, self.engine_unit)
         return self._budget
 
     def facts(self) -> UpdateFacts:
         """Host facts plus, when a restart is needed, the running managed containers."""
-        facts = gather(self.resolved, self.conf, self.reader)
+        facts = gather(self.resolved, self.conf, self.reader, self.layout)
         if pl.restart_reasons(facts):
             allow_down = self.opts.stop_containers or self.opts.force
             found = running_containers(self.docker_host, self.conf, facts.host, self.resolved.name,
-                                       allow_down=allow_down)
+                                       allow_down=allow_down, engine_unit=self.engine_unit)
             if not found and allow_down and facts.host.engine_state in DOWN_STATES:
-                self.emit(f"  note: {ENGINE_UNIT} is {facts.host.engine_state}: no container runs; "
+                self.emit(f"  note: {self.engine_unit} is {facts.host.engine_state}: no container runs; "
                           "the update installs and starts it")
             return replace(facts, running=found)
         return facts
@@ -399,11 +428,11 @@ class Session:
         self.emit(f"resuming: {len(j.containers)} container(s) were running before an interrupted update"
                   + (f" (done: {', '.join(j.done)})" if j.done else ""))
         restart = self.restart_budget()
-        for unit in ("sysbox.service", ENGINE_UNIT):
+        for unit in ("sysbox.service", self.engine_unit):
             settle(self.host, unit, restart)
         start_unit_if_loaded(self.host, "sysbox.service", restart)
-        start_unit_if_loaded(self.host, ENGINE_UNIT, restart)
-        wait_engine(self.docker_host, self.conf)
+        start_unit_if_loaded(self.host, self.engine_unit, restart)
+        wait_engine(self.docker_host, self.conf, unit=self.engine_unit)
         bad = start_containers(self.docker_host, self.conf, list(j.containers))
         if bad:
             kept = jr.path(self.conf)
@@ -455,7 +484,9 @@ class Session:
         files: list[RenderedFile] = [f for f in facts.rendered if f.path in drifted]
         new_version = next((str(s.data["version"]) for s in p.steps if s.action == pl.DOCKERD), None)
         keep = [f.path for f in files]
-        guarded = bool(keep or new_version)  # something the engine runs on is replaced
+        # something the engine runs on is replaced (on lima-vm only the stop hook is ours: nothing to
+        # roll back that would make the VM's docker.service start)
+        guarded = bool(keep or new_version) and not self.vm
         if self.lock is not None:
             self.lock.check()
         j: jr.Journal | None = None
@@ -491,14 +522,16 @@ class Session:
                     for f in files:
                         host.write_text(f.path, f.text, f.mode)
                 elif step.action == pl.RELOAD:
+                    # containai: the engine unit (it Wants= the guard); lima-vm: the guard, into docker.service
+                    enable = GUARD_UNIT if self.vm else ENGINE_UNIT
                     host.sh("systemctl daemon-reload", what="systemctl daemon-reload")
-                    host.sh(f"systemctl enable {ENGINE_UNIT}", what=f"systemctl enable {ENGINE_UNIT}")
+                    host.sh(f"systemctl enable {enable}", what=f"systemctl enable {enable}")
                     self._budget = None  # the new units' timeouts count from now on
                 elif step.action == pl.RESTART_SYSBOX:
                     restart_unit(host, "sysbox.service", self.restart_budget())
                 elif step.action == pl.RESTART_ENGINE:
-                    restart_unit(host, ENGINE_UNIT, self.restart_budget())
-                    wait_engine(self.docker_host, conf)
+                    restart_unit(host, self.engine_unit, self.restart_budget())
+                    wait_engine(self.docker_host, conf, unit=self.engine_unit)
                     state["engine_ok"] = True
                     if guarded:
                         with contextlib.suppress(OpsError):
@@ -566,11 +599,11 @@ class Session:
         self.emit(f"update failed ({exc.message}); starting the stopped containers again")
         try:
             restart = self.restart_budget()
-            for unit in ("sysbox.service", ENGINE_UNIT):
+            for unit in ("sysbox.service", self.engine_unit):
                 settle(self.host, unit, restart)  # never race a start or stop still running
             start_unit_if_loaded(self.host, "sysbox.service", restart)
-            start_unit_if_loaded(self.host, ENGINE_UNIT, restart)
-            wait_engine(self.docker_host, self.conf, timeout=60)
+            start_unit_if_loaded(self.host, self.engine_unit, restart)
+            wait_engine(self.docker_host, self.conf, timeout=60, unit=self.engine_unit)
             bad = start_containers(self.docker_host, self.conf, names)
         except OpsError as again:
             return type(exc)(f"{exc.message}; the stopped containers could not be started ({again.message}) "
@@ -593,7 +626,7 @@ def verify_converged(before: pl.Plan, facts: UpdateFacts, journal_names: list[st
     if left:
         problems.append("still needed: " + "; ".join(left))
     if facts.host.systemd and facts.host.engine_state != "active":
-        problems.append(f"{ENGINE_UNIT} is {facts.host.engine_state}")
+        problems.append(f"{facts.engine_unit} is {facts.host.engine_state}")
     if facts.running is not None:
         running = {c.name for c in facts.running}
         down = [n for n in journal_names if n not in running]
@@ -630,6 +663,8 @@ def run_update(base_ctx: Any, conf: CaiConfig, target_text: str, opts: Options, 
         if not opts.dry_run:
             s.host  # noqa: B018 - root access is checked first: a clear "not root" before anything else
             s.take_lock()
+        layout = s.read_layout()  # refusals (both engines, unreadable daemon.json, ...) change nothing
+        report["layout"] = layout.name if layout is not None else None
         if opts.resume:
             if opts.dry_run:
                 j = jr.read(s.reader, conf)
@@ -651,8 +686,10 @@ def run_update(base_ctx: Any, conf: CaiConfig, target_text: str, opts: Options, 
             report["result"] = "blocked"
             raise OpsError(message, hint)
         if p.nothing_to_do:
-            emit(f"{s.resolved.name}: up to date (Sysbox {facts.sysbox_installed}, dockerd bundle "
-                 f"{facts.dockerd_installed}, units current); nothing to do")
+            engine = (f"dockerd bundle {facts.dockerd_installed}" if facts.uses_bundle
+                      else f"the VM's {facts.engine_unit}")
+            emit(f"{s.resolved.name}: up to date (Sysbox {facts.sysbox_installed}, {engine}, units current); "
+                 "nothing to do")
             report["result"] = "up-to-date"
             return report
         emit(f"{s.resolved.name}: update plan ({len(p.steps)} steps)")
@@ -676,7 +713,8 @@ def run_update(base_ctx: Any, conf: CaiConfig, target_text: str, opts: Options, 
         applied = s.apply(facts, p)
         after = s.facts()
         if after.running is None:
-            after = replace(after, running=running_containers(s.docker_host, conf, after.host, s.resolved.name))
+            after = replace(after, running=running_containers(s.docker_host, s.conf, after.host, s.resolved.name,
+                                                              engine_unit=s.engine_unit))
         problems = verify_converged(p, after, applied["stopped"])
         report["after"] = after.summary()
         if problems:
@@ -684,10 +722,12 @@ def run_update(base_ctx: Any, conf: CaiConfig, target_text: str, opts: Options, 
             raise OpsError("the update did not converge: " + "; ".join(problems),
                            "see the messages above; inv update --resume restarts what the journal lists")
         if applied["stopped"]:
-            jr.clear(s.host, conf)
+            jr.clear(s.host, s.conf)
         report["result"] = "updated"
         report["restarted"] = applied["stopped"]
-        emit(f"{s.resolved.name}: updated (Sysbox {after.sysbox_installed}, dockerd bundle "
-             f"{after.dockerd_installed}); " + (f"{len(applied['stopped'])} container(s) running again"
+        engine = (f"dockerd bundle {after.dockerd_installed}" if after.uses_bundle
+                  else f"the VM's {after.engine_unit}")
+        emit(f"{s.resolved.name}: updated (Sysbox {after.sysbox_installed}, {engine}); "
+             + (f"{len(applied['stopped'])} container(s) running again"
                                                 if applied["stopped"] else "no container was stopped"))
         return report

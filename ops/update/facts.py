@@ -11,9 +11,10 @@ from typing import Any
 from ops.config import CaiConfig
 from ops.engine import ManagedContainer
 from ops.errors import EngineError, OpsError
+from ops.layout import CONTAINAI, LIMA_VM, Layout
 from ops.targets import run
 from ops.units import ENGINE_UNIT, Drift, RenderedFile
-from ops.versions import Observed, SysboxVersion
+from ops.versions import Observed, State, SysboxVersion
 
 _HOST_PROBE = (
     "echo pid1=$(cat /proc/1/comm 2>/dev/null); "
@@ -67,12 +68,21 @@ class UpdateFacts:
     running: tuple[ManagedContainer, ...] | None = None  # None: not gathered (no stop needed)
     engine_error: str = ""  # why the engine could not be listed, when it could not
     notes: tuple[str, ...] = field(default_factory=tuple)
+    layout: str = CONTAINAI  # the host layout (ops.layout): containai, or lima-vm (no bundle there)
+    engine_unit: str = ENGINE_UNIT  # the unit of the engine that serves the managed containers
+
+    @property
+    def uses_bundle(self) -> bool:
+        """The layout runs the dockerd bundle (containai); lima-vm never gets one."""
+        return self.layout != LIMA_VM
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able summary (also used to show that a dry run changed nothing)."""
         return {
             "target": self.target,
             "platform": self.platform,
+            "layout": self.layout,
+            "engine": self.engine_unit,
             "arch": self.arch,
             "systemd": self.host.systemd,
             "engine_unit": self.host.engine_state,
@@ -85,18 +95,20 @@ class UpdateFacts:
         }
 
 
-def probe_host_state(ctx: Any, conf: CaiConfig) -> HostState:
-    """Read the host state in one command."""
+def probe_host_state(ctx: Any, conf: CaiConfig, engine_unit: str = ENGINE_UNIT) -> HostState:
+    """Read the host state in one command (``conf.docker_host`` is the engine's socket)."""
     from ops.targets import socket_path
 
     sock = shlex.quote(socket_path(conf.docker_host))
-    _code, out, _err = run(ctx, _HOST_PROBE.format(unit=ENGINE_UNIT, sock=sock))
+    _code, out, _err = run(ctx, _HOST_PROBE.format(unit=engine_unit, sock=sock))
     return parse_host_state(out)
 
 
-def bundle_of(conf: CaiConfig, arch: str, where: str = "") -> tuple[SysboxVersion, Path, SysboxVersion, Path]:
+def bundle_of(conf: CaiConfig, arch: str, where: str = "", dockerd: bool = True
+              ) -> tuple[SysboxVersion, Path, SysboxVersion | None, Path | None]:
     """The bundled sysbox .deb (for the target's architecture) and dockerd tarball; a missing one is a
-    clear error naming the target (``where``) and its architecture."""
+    clear error naming the target (``where``) and its architecture. Without ``dockerd`` (lima-vm) the
+    tarball is not needed (None when absent)."""
     from ops.facts import bundled_dockerd, bundled_sysbox
 
     bundle = Path(conf.expand(conf.bundle_dir))
@@ -112,34 +124,43 @@ def bundle_of(conf: CaiConfig, arch: str, where: str = "") -> tuple[SysboxVersio
                        "nothing was changed",
                        f"put the {arch} sysbox-ce .deb (and its .sha256) there or fix cai.bundle_dir")
     dockerd_v, tarball = bundled_dockerd(str(bundle))
-    if dockerd_v is None or tarball is None:
+    if (dockerd_v is None or tarball is None) and dockerd:
         raise OpsError(f"no docker-<version>.tgz in {bundle}",
                        "put the dockerd bundle tarball (and its .sha256) there or fix cai.bundle_dir")
     return sysbox_v, deb, dockerd_v, tarball
 
 
-def drift_as_root(reader: Any, conf: CaiConfig) -> tuple[list[RenderedFile], list[Drift]]:
-    """Render for a target and compare with what it has installed, reading the installed files
-    through ``reader`` (an ``ops.update.hostio.Host``: as root, the way they are written): a file
-    only root can read is read, and one that cannot be read is an error, never "missing"."""
+def drift_as_root(reader: Any, conf: CaiConfig, layout: Layout | None = None
+                  ) -> tuple[list[RenderedFile], list[Drift]]:
+    """Render for a target (of ``layout``) and compare with what it has installed, reading the
+    installed files through ``reader`` (an ``ops.update.hostio.Host``: as root, the way they are
+    written): a file only root can read is read, and one that cannot be read is an error, never
+    "missing"."""
     from ops.units import DAEMON_JSON, detect_drift, managed_paths, render
 
-    paths = managed_paths(conf)
+    paths = managed_paths(conf, layout)
     files = reader.read_files(paths)
     installed = {p: files[p].text if files[p].exists else None for p in paths}
-    rendered = render(conf, installed.get(DAEMON_JSON))
+    rendered = render(conf, installed.get(DAEMON_JSON), layout=layout)
     return rendered, detect_drift(rendered, installed)
 
 
-def gather(resolved: Any, conf: CaiConfig, reader: Any) -> UpdateFacts:
-    """Gather the host-side facts of a resolved target (containers are gathered separately);
-    managed files are read through ``reader`` (see :func:`drift_as_root`)."""
+#: The dockerd bundle of a lima-vm host: not ours to install (the VM runs its distribution's engine).
+NO_BUNDLE_HERE = Observed(State.NOT_INSTALLED, reason="lima-vm: the VM's docker.service, no dockerd bundle")
+
+
+def gather(resolved: Any, conf: CaiConfig, reader: Any, layout: Layout | None = None) -> UpdateFacts:
+    """Gather the host-side facts of a resolved target of ``layout`` (None: nothing installed yet, the
+    containai layout); containers are gathered separately; managed files are read through ``reader``
+    (see :func:`drift_as_root`). ``conf.docker_host`` must be the layout's engine socket."""
     from ops.facts import bundle_installed, sysbox_installed
 
     ctx = resolved.ctx
-    host = probe_host_state(ctx, conf)
-    sysbox_v, deb, dockerd_v, tarball = bundle_of(conf, resolved.facts.arch, resolved.name)
-    rendered, drift = drift_as_root(reader, conf)
+    vm = layout is not None and layout.name == LIMA_VM
+    engine_unit = layout.engine_unit if layout is not None else ENGINE_UNIT
+    host = probe_host_state(ctx, conf, engine_unit)
+    sysbox_v, deb, dockerd_v, tarball = bundle_of(conf, resolved.facts.arch, resolved.name, dockerd=not vm)
+    rendered, drift = drift_as_root(reader, conf, layout)
     return UpdateFacts(
         target=resolved.name,
         platform=resolved.platform,
@@ -148,11 +169,13 @@ def gather(resolved: Any, conf: CaiConfig, reader: Any) -> UpdateFacts:
         sysbox_installed=sysbox_installed(ctx),
         sysbox_bundled=sysbox_v,
         sysbox_deb=str(deb),
-        dockerd_installed=bundle_installed(ctx, conf.opt_dir),
-        dockerd_bundled=dockerd_v,
-        dockerd_tarball=str(tarball),
+        dockerd_installed=NO_BUNDLE_HERE if vm else bundle_installed(ctx, conf.opt_dir),
+        dockerd_bundled=None if vm else dockerd_v,
+        dockerd_tarball=None if vm or tarball is None else str(tarball),
         rendered=tuple(rendered),
         drift=tuple(drift),
+        layout=LIMA_VM if vm else CONTAINAI,
+        engine_unit=engine_unit,
     )
 
 
@@ -161,7 +184,8 @@ DOWN_STATES = ("failed", "inactive")
 
 
 def running_containers(docker_host: str, conf: CaiConfig, host: HostState,
-                       where: str = "", allow_down: bool = False) -> tuple[ManagedContainer, ...]:
+                       where: str = "", allow_down: bool = False,
+                       engine_unit: str = ENGINE_UNIT) -> tuple[ManagedContainer, ...]:
     """The running managed containers; an engine that should answer and does not is an error.
 
     A host without the engine unit and without its socket has no engine yet: nothing runs. With
@@ -177,11 +201,11 @@ def running_containers(docker_host: str, conf: CaiConfig, host: HostState,
     except EngineError:
         if allow_down and host.engine_state in DOWN_STATES:
             return ()
-        state = f"{ENGINE_UNIT} is {host.engine_state}"
+        state = f"{engine_unit} is {host.engine_state}"
         more = (" or `inv update --stop-containers` to install the update with the engine down"
                 if host.engine_state in DOWN_STATES else "")
         raise EngineError(f"the engine of {where or 'the target'} ({conf.docker_host}) does not answer "
-                          f"({state})", f"start it with `systemctl start {ENGINE_UNIT}`{more} "
+                          f"({state})", f"start it with `systemctl start {engine_unit}`{more} "
                           "(or `inv update --resume` after an interrupted update), then rerun") from None
     try:
         return tuple(engine.running_managed())

@@ -13,7 +13,7 @@ from typing import Any
 from ops.engine import ManagedContainer
 from ops.units import DAEMON_JSON, ENGINE_UNIT, GUARD_UNIT
 from ops.update.facts import UpdateFacts
-from ops.versions import Action, decide
+from ops.versions import Action, Decision, decide
 
 # Step actions, in the order they are applied.
 STOP = "stop-containers"
@@ -76,9 +76,13 @@ class Plan:
 
 
 def component_decisions(facts: UpdateFacts) -> tuple[Any, Any]:
-    """The Sysbox and dockerd-bundle decisions (install / upgrade / current / ...)."""
-    return (decide("Sysbox", facts.sysbox_installed, facts.sysbox_bundled),
-            decide("dockerd bundle", facts.dockerd_installed, facts.dockerd_bundled))
+    """The Sysbox and dockerd-bundle decisions (install / upgrade / current / ...); on lima-vm the
+    dockerd bundle is never installed (the VM runs its distribution's docker.service)."""
+    sysbox = decide("Sysbox", facts.sysbox_installed, facts.sysbox_bundled)
+    if not facts.uses_bundle:
+        return sysbox, Decision(Action.NO_BUNDLE, f"the VM's engine is its own {facts.engine_unit}: no dockerd "
+                                "bundle or containai-docker is installed there")
+    return sysbox, decide("dockerd bundle", facts.dockerd_installed, facts.dockerd_bundled)
 
 
 def restart_reasons(facts: UpdateFacts) -> list[str]:
@@ -141,8 +145,10 @@ def plan(facts: UpdateFacts) -> Plan:
         steps.append(Step(RESTART_SYSBOX, "restart sysbox.service",
                           "run the new Sysbox (a package script may leave it stopped or old)"))
     if restart:
-        steps.append(Step(RESTART_ENGINE, f"restart {ENGINE_UNIT} and wait for a ping",
-                          "; ".join(restart) + "; PartOf= never starts the engine again after Sysbox"))
+        why = ("; ".join(restart) + "; PartOf= never starts the engine again after Sysbox" if facts.uses_bundle
+               else "; ".join(restart) + "; the engine must load the new Sysbox runtime and the daemon.json the "
+               "package edits (its script restarts docker only without containers, else sends SIGHUP)")
+        steps.append(Step(RESTART_ENGINE, f"restart {facts.engine_unit} and wait for a ping", why))
     elif facts.drift and facts.host.engine_state == "active":
         steps.append(Step(START_GUARD, f"start {GUARD_UNIT}", "the stop hook must be active to run on stop"))
     if running:

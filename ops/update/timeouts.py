@@ -79,14 +79,15 @@ def parse_show(text: str) -> dict[str, UnitTimes]:
     return out
 
 
-def restart_budget(conf: CaiConfig, shown: dict[str, UnitTimes]) -> int:
+def restart_budget(conf: CaiConfig, shown: dict[str, UnitTimes], engine_unit: str = ENGINE_UNIT) -> int:
     """Pure: seconds a ``systemctl restart`` of the engine (or of Sysbox, which restarts it) may take.
 
     Stop: the longest of the engine's and the stop hook's stop timeouts, and at least what the hook
     needs for the containers (``cai.stop_timeout`` + margin). Start: the engine's start timeout
-    (``DEFAULT_START`` when infinite). Plus ``MARGIN``.
+    (``DEFAULT_START`` when infinite). Plus ``MARGIN``. ``engine_unit`` is the layout's engine
+    (``docker.service`` on lima-vm).
     """
-    engine = shown.get(ENGINE_UNIT, UnitTimes(None, None))
+    engine = shown.get(engine_unit, UnitTimes(None, None))
     guard = shown.get(GUARD_UNIT, UnitTimes(None, None))
     need = float(int(conf.stop_timeout) + STOP_MARGIN)
     stop = max([need, *(t for t in (engine.stop, guard.stop) if t is not None)])

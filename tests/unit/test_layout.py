@@ -245,7 +245,10 @@ def test_update_layout_refuses_what_it_must_not_touch() -> None:
     got = lay.update_layout(_Ctx((GOLDEN / "containai-installer.txt").read_text()), conf, "h")
     assert got is not None and got.name == "containai"
     assert lay.update_layout(_Ctx((GOLDEN / "docker-without-sysbox.txt").read_text()), conf, "h") is None
-    for name, kind, words in (("lima-vm", "lima-vm", "lima-vm layout"), ("both-engines", "both", "both engines"),
+    # the macOS VM's docker.service: update acts on it (Sysbox and the stop hook only)
+    vm = lay.update_layout(_Ctx((GOLDEN / "lima-vm.txt").read_text()), conf, "lima:x")
+    assert vm is not None and vm.name == "lima-vm" and vm.engine_unit == "docker.service" and not vm.uses_bundle
+    for name, kind, words in (("both-engines", "both", "both engines"),
                               ("containai-daemon-json-invalid", "unreadable", "not valid JSON"),
                               ("containai-address-conflict", "bridge", "overlaps 172.30.5.1/24 on lo")):
         with pytest.raises(lay.LayoutError) as err:

@@ -6,10 +6,12 @@ from dataclasses import replace
 
 import pytest
 
+from ops import layout as lay
 from ops import units
 from ops.config import CaiConfig
 from ops.engine import ManagedContainer
 from ops.errors import OpsError
+from ops.layout import Layout
 from ops.update import apply
 from ops.update import journal as jr
 from ops.update import plan as pl
@@ -195,3 +197,57 @@ def test_apt_reason_falls_back_to_the_last_error_line() -> None:
     assert apply.apt_reason(100, "Reading package lists...\n", "W: a\nE: Could not open lock file\n") == \
         "E: Could not open lock file"
     assert apply.apt_reason(100, "", "") == "exit 100"
+
+
+# --- the lima-vm layout: Sysbox and the stop hook only ---------------------------------------------------
+
+def vm_layout() -> Layout:
+    from pathlib import Path
+
+    text = (Path(__file__).parent / "golden" / "layout" / "lima-vm.txt").read_text()
+    return lay.decide(lay.parse_probe(text), "lima:vm")
+
+
+def test_lima_vm_renders_only_the_stop_hook_on_the_vms_docker_service() -> None:
+    vm = vm_layout()
+    files = {f.name: f for f in units.render(CONF, None, layout=vm)}
+    assert sorted(files) == ["containai-docker-guard.service", "containai-guard"]
+    assert [f.path for f in units.render(CONF, layout=vm)] == units.managed_paths(CONF, vm)
+    assert not any(p.startswith("/opt/containai") for p in units.managed_paths(CONF, vm))
+    unit = files["containai-docker-guard.service"].text
+    lines = unit.splitlines()
+    want = "docker.service sysbox.service sysbox-mgr.service sysbox-fs.service"
+    assert f"PartOf={want}" in lines and f"After={want}" in lines
+    assert "ExecStop=/usr/local/libexec/containai-guard stop" in lines
+    assert unit.endswith("\n[Install]\nWantedBy=docker.service\n") and "containai-docker.service" not in unit
+    script = files["containai-guard"].text
+    assert "DOCKER_HOST='unix:///var/run/docker.sock'" in script and "docker='/usr/bin/docker'" in script
+    assert "/opt/containai" not in script and "@" not in script.replace("$@", "")
+
+
+def vm_facts(sysbox: str = "0.6.6+containai.20250101", drift: tuple[str, ...] = (),
+             run: tuple[str, ...] = ("a",)) -> UpdateFacts:
+    vm = vm_layout()
+    rendered = tuple(units.render(CONF, layout=vm))
+    installed: dict[str, str | None] = {f.path: f.text for f in rendered}
+    for p in drift:
+        installed[p] = None
+    return replace(facts(sysbox=sysbox, run=run), layout="lima-vm", engine_unit="docker.service",
+                   dockerd_installed=Observed(State.NOT_INSTALLED), dockerd_bundled=None, dockerd_tarball=None,
+                   rendered=rendered, drift=tuple(units.detect_drift(list(rendered), installed)))
+
+
+def test_lima_vm_sysbox_upgrade_restarts_sysbox_then_docker_service_never_installs_dockerd() -> None:
+    p = pl.plan(vm_facts(drift=("/etc/systemd/system/containai-docker-guard.service",)))
+    assert p.actions() == [pl.STOP, pl.SYSBOX, pl.UNITS, pl.RELOAD, pl.RESTART_SYSBOX, pl.RESTART_ENGINE, pl.START]
+    assert [c.name for c in p.stop] == ["a"]
+    assert p.steps[5].summary == "restart docker.service and wait for a ping"
+    assert "SIGHUP" in p.steps[5].reason
+    assert any("no dockerd bundle or containai-docker" in n for n in p.notes)
+    assert not any("containai-docker.service" in s.summary for s in p.steps)
+
+
+def test_lima_vm_current_sysbox_with_a_new_stop_hook_stops_nothing() -> None:
+    p = pl.plan(vm_facts(sysbox="0.6.7+containai.20260101", drift=("/usr/local/libexec/containai-guard",)))
+    assert p.actions() == [pl.UNITS, pl.RELOAD, pl.START_GUARD] and p.stop == ()
+    assert pl.plan(vm_facts(sysbox="0.6.7+containai.20260101")).nothing_to_do
