@@ -23,8 +23,10 @@ blob every piece is quoted with ``shlex.quote``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
+import select
 import shlex
 import shutil
 import socket
@@ -38,7 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from ops.config import CaiConfig
+from ops.engine import SSH_PORT_LABEL
 from ops.errors import ConfigError, EngineError, NotFoundError, OpsError
+from ops.targets import Target
 
 #: Our exit code for a failure before the SSH session started (ssh's own 255 is ambiguous: it is also
 #: what a remote command exiting 255 produces).
@@ -86,11 +90,45 @@ class Endpoint:
     key: Path
     known_hosts: Path
     host: str = LOOPBACK
+    #: ssh arguments reaching the target the container runs on (``ops.targets.ssh_base_args``), when
+    #: the container's port is reached through it as a jump; empty when the port is on this machine.
+    jump: tuple[str, ...] = ()
+    #: The name the host key is recorded under when it is not ``[host]:port`` (a jumped endpoint:
+    #: ``[<target host>]:PORT``, so equal ports on two hosts never share a known_hosts entry).
+    host_key_alias: str = ""
+    #: The target the container runs on, for messages (``lima:<vm>``, ``ssh://...``; "" when local).
+    where: str = ""
 
     @property
     def known_hosts_entry(self) -> str:
         """The exact known_hosts host pattern of this endpoint (``[127.0.0.1]:PORT``)."""
+        if self.host_key_alias:
+            return self.host_key_alias
         return f"[{self.host}]:{self.port}" if self.port != 22 else self.host
+
+    def jump_argv(self) -> list[str]:
+        """The ssh command that connects this machine to the container's port through the target
+        (``-W host:port``, as ProxyJump does, but with the target's own ssh config and host-key policy)."""
+        if not self.jump:
+            return []
+        return [self.jump[0], "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "ConnectTimeout=15",
+                "-W", f"{self.host}:{self.port}", *self.jump[1:]]
+
+    @property
+    def label(self) -> str:
+        """The container and where it runs, for messages."""
+        return f"{self.container!r} on {self.where}" if self.where else repr(self.container)
+
+
+@dataclass(frozen=True)
+class Route:
+    """How ssh reaches the published ports of one target's containers (see :func:`route_of`)."""
+
+    host: str = LOOPBACK
+    jump: tuple[str, ...] = ()
+    alias_host: str = ""  # the target's host name, for the known_hosts alias of a jumped endpoint
+    where: str = ""
+    local_ports: bool = True  # the ports are on this machine's loopback (local engine, or Lima forwards)
 
 
 # --------------------------------------------------------------------------------------------- pure parts
@@ -111,6 +149,8 @@ def ssh_options(ep: Endpoint) -> list[str]:
         "-o", "ControlMaster=no",
         "-o", "ControlPath=none",
         "-o", "LogLevel=ERROR",
+        *(["-o", f"HostKeyAlias={ep.host_key_alias}"] if ep.host_key_alias else []),
+        *(["-o", "ProxyCommand=" + shlex.join(ep.jump_argv()).replace("%", "%%")] if ep.jump else []),
         "-i", str(ep.key),
         "-p", str(ep.port),
         "-l", ep.user,
@@ -317,6 +357,37 @@ def choose_running(running: Sequence[str], stopped: Sequence[str]) -> str:
     )
 
 
+def port_holders(summaries: Sequence[Mapping[str, Any]], name: str, port: int) -> list[str]:
+    """Pure: the running containers other than ``name`` that hold ``port`` (by their
+    ``containai.ssh-port`` label or a published host port), from the engine's container list
+    (``GET /containers/json``: ``Names``, ``State``, ``Labels``, ``Ports``)."""
+    held: list[str] = []
+    for item in summaries:
+        names = [str(n).lstrip("/") for n in item.get("Names") or []]
+        if name in names or str(item.get("State", "")) != "running":
+            continue
+        labels = item.get("Labels") or {}
+        published = {int(p.get("PublicPort") or 0) for p in item.get("Ports") or []}
+        if str(labels.get(SSH_PORT_LABEL, "")) == str(port) or port in published:
+            held.append(names[0] if names else str(item.get("Id", ""))[:12])
+    return sorted(held)
+
+
+def port_taken_error(name: str, port: int, holders: Sequence[str], where: str = "") -> OpsError:
+    """The error for a stopped container whose port is held: who holds it and the ways out."""
+    on = f" on {where}" if where else ""
+    if holders:
+        other = holders[0]
+        return OpsError(
+            f"port {port} of stopped container {name!r}{on} is held by running container {other!r}",
+            f"stop {other} first (docker stop {other}), or recreate {name} so that it gets a free port",
+        )
+    return OpsError(
+        f"port {LOOPBACK}:{port} of stopped container {name!r} is already in use by another process",
+        f"free it (ss -ltnp 'sport = :{port}' or lsof -iTCP:{port} shows who holds it) or recreate the container",
+    )
+
+
 # ----------------------------------------------------------------------------------------- reaching it
 
 
@@ -354,18 +425,55 @@ def sshd_answers(port: int, host: str = LOOPBACK, timeout: int = 2) -> bool:
     return any(ln and not ln.startswith("#") for ln in proc.stdout.splitlines())
 
 
+def banner_through(argv: Sequence[str], timeout: float = 10.0) -> bool:
+    """True when the stream ``argv`` opens (``ssh -W host:port`` through a target) starts with an SSH
+    server's identification line (``SSH-2.0-...``): sshd answers behind the jump."""
+    try:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError:
+        return False
+    assert proc.stdout is not None
+    try:
+        seen = b""
+        deadline = time.monotonic() + timeout
+        while len(seen) < 4:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+                return False
+            chunk = os.read(proc.stdout.fileno(), 64)
+            if not chunk:
+                return False
+            seen += chunk
+        return seen.startswith(b"SSH-")
+    finally:
+        proc.kill()
+        with contextlib.suppress(Exception):
+            proc.communicate(timeout=5)
+
+
+def endpoint_answers(ep: Endpoint, timeout: int = 2) -> bool:
+    """True when sshd answers on the endpoint (directly, or behind its jump)."""
+    if ep.jump:
+        return banner_through(ep.jump_argv(), timeout=timeout + 8)
+    return sshd_answers(ep.port, ep.host, timeout)
+
+
 def wait_for_sshd(
     port: int,
     wait: float,
     host: str = LOOPBACK,
     alive: Callable[[], str | None] | None = None,
     container: str = "",
+    answers: Callable[[], bool] | None = None,
 ) -> None:
-    """Wait for sshd with a growing back-off; ``alive`` returns a reason to stop early (container died)."""
+    """Wait for sshd with a growing back-off; ``alive`` returns a reason to stop early (container died);
+    ``answers`` replaces the direct ``ssh-keyscan`` of host:port (an endpoint behind a jump)."""
     deadline = time.monotonic() + max(0.0, wait)
     delay = 0.1
+    check = answers or (lambda: sshd_answers(port, host))
     while True:
-        if sshd_answers(port, host):
+        if check():
             return
         if alive is not None:
             reason = alive()
@@ -390,7 +498,8 @@ def _require_tools() -> None:
             raise OpsError(f"{tool} is not installed", "install the OpenSSH client (apt-get install openssh-client)")
 
 
-def _endpoint(conf: CaiConfig, name: str, port: int) -> Endpoint:
+def check_key(conf: CaiConfig) -> Path:
+    """The private key ``cai.ssh_key``: it must exist and be readable."""
     key = conf.expand(conf.ssh_key)
     if not key.is_file():
         raise ConfigError(
@@ -399,23 +508,62 @@ def _endpoint(conf: CaiConfig, name: str, port: int) -> Endpoint:
         )
     if not os.access(key, os.R_OK):
         raise ConfigError(f"SSH key {key} is not readable", "run as its owner or fix its permissions")
+    return key
+
+
+def endpoint(conf: CaiConfig, name: str, port: int, route: Route | None = None, key: Path | None = None,
+             create_known_hosts: bool = True) -> Endpoint:
+    """The endpoint of container ``name`` whose SSH port is ``port``, reached by ``route``."""
+    key = key if key is not None else check_key(conf)
     known = conf.expand(conf.known_hosts)
-    try:
-        known.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        known.touch(exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot use known_hosts file {known} ({exc.strerror})",
-            "set cai.known_hosts (INVOKE_CAI_KNOWN_HOSTS) to a writable path",
-        ) from None
-    return Endpoint(container=name, port=port, user=conf.ssh_user, key=key, known_hosts=known)
+    if create_known_hosts:
+        try:
+            known.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            known.touch(exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot use known_hosts file {known} ({exc.strerror})",
+                "set cai.known_hosts (INVOKE_CAI_KNOWN_HOSTS) to a writable path",
+            ) from None
+    route = route or Route()
+    alias = f"[{route.alias_host}]:{port}" if route.jump and route.alias_host else ""
+    return Endpoint(container=name, port=port, user=conf.ssh_user, key=key, known_hosts=known, host=route.host,
+                    jump=route.jump, host_key_alias=alias, where=route.where)
 
 
-def connect_engine(conf: CaiConfig) -> Any:
-    """The engine of ``cai.docker_host`` (a lazily imported ``ops.engine.Engine``)."""
+def _endpoint(conf: CaiConfig, name: str, port: int) -> Endpoint:
+    return endpoint(conf, name, port)
+
+
+def route_of(target: Target, conf: CaiConfig) -> Route:
+    """How ssh reaches the containers of a target (already :func:`ops.targets.effective_target`).
+
+    - local: the ports are on this machine's 127.0.0.1.
+    - ``lima:<vm>``: Lima forwards every guest port to the Mac's 127.0.0.1, so the same.
+    - ``ssh://``: the port is published on the host's interfaces; ssh jumps through the host (its own
+      ssh config and host-key policy) to ``127.0.0.1:PORT`` there.
+    """
+    from ops.targets import ssh_base_args
+
+    if not target.remote:
+        return Route()
+    if target.kind == "lima":
+        return Route(where=target.name)
+    return Route(jump=tuple(ssh_base_args(target, conf)), alias_host=target.host, where=target.name,
+                 local_ports=False)
+
+
+def connect_engine(conf: CaiConfig, docker_host: str | None = None, where: str = "") -> Any:
+    """The engine at ``docker_host`` (default ``cai.docker_host``; a lazily imported ``ops.engine.Engine``)."""
     from ops.engine import Engine
 
-    return Engine.connect(conf.docker_host, conf.label)
+    try:
+        return Engine.connect(docker_host or conf.docker_host, conf.label)
+    except EngineError as exc:
+        if not where:
+            raise
+        raise EngineError(f"the engine of {where} does not answer ({exc.message})",
+                          f"check it on {where}: systemctl status containai-docker") from None
 
 
 def pick_container(engine: Any, name: str | None) -> Any:
@@ -441,47 +589,90 @@ def _state_watch(engine: Any, name: str) -> Callable[[], str | None]:
     return check
 
 
+def shell_target(conf: CaiConfig, target: str = "") -> Target:
+    """The target ``inv shell`` acts on: ``--target``, else ``cai.target``; on a Mac the local target
+    is the Lima VM ``cai.lima_vm`` (as for doctor)."""
+    from ops.targets import effective_target, parse_target
+
+    return effective_target(parse_target(target or conf.target, conf.lima_vm), conf)
+
+
 def reach(
     conf: CaiConfig,
     container: str | None,
     wait: float = 30.0,
     notice: Notice = _stderr_notice,
+    target: str = "",
 ) -> Endpoint:
-    """Resolve the container, start it if it is stopped, wait for sshd, and prove SSH works."""
+    """Resolve the container on the target's engine, start it if it is stopped, wait for sshd, and prove
+    SSH works. The engine is the target's (through the same forwarded socket as doctor); ssh goes to the
+    container's port where the target forwards it, or through the target (see :func:`route_of`)."""
+    from ops.targets import engine_host
+
     _require_tools()
-    engine = connect_engine(conf)
-    try:
-        found = pick_container(engine, container)
-        name = found.name
-        port = found.ssh_port
-        if port is None:
-            raw = found.labels.get("containai.ssh-port")
-            what = f"an invalid containai.ssh-port label ({raw!r})" if raw else "no containai.ssh-port label"
-            raise OpsError(
-                f"container {name!r} has {what}",
-                "recreate it with ContainAI, which publishes its SSH port on 127.0.0.1",
-            )
-        ep = _endpoint(conf, name, port)
-        alive: Callable[[], str | None] | None = None
-        if not found.running:
-            if port_in_use(port):
-                raise OpsError(
-                    f"port {LOOPBACK}:{port} of stopped container {name!r} is already in use by another process",
-                    f"free it (ss -ltnp 'sport = :{port}' shows who holds it) or recreate the container",
-                )
-            notice(f"starting container {name} ...")
-            results = engine.start_all([name])
-            if not results or not results[0].ok:
-                detail = results[0].detail if results else "no result"
-                raise EngineError(f"cannot start container {name!r} ({detail})", f"see: docker logs {name}")
-
-            alive = _state_watch(engine, name)
-
-        wait_for_sshd(port, wait, alive=alive, container=name)
-    finally:
-        engine.close()
+    tgt = shell_target(conf, target)
+    route = route_of(tgt, conf)
+    with engine_host(tgt, conf) as docker_host:
+        engine = connect_engine(conf, docker_host, route.where)
+        try:
+            ep = _reach_on(engine, conf, container, wait, notice, route)
+        finally:
+            engine.close()
     preflight(ep, notice)
     return ep
+
+
+def _reach_on(engine: Any, conf: CaiConfig, container: str | None, wait: float, notice: Notice,
+              route: Route) -> Endpoint:
+    found = pick_container(engine, container)
+    name = found.name
+    port = found.ssh_port
+    if port is None:
+        raw = found.labels.get(SSH_PORT_LABEL)
+        what = f"an invalid {SSH_PORT_LABEL} label ({raw!r})" if raw else f"no {SSH_PORT_LABEL} label"
+        raise OpsError(
+            f"container {name!r} has {what}",
+            "recreate it with ContainAI, which publishes its SSH port on 127.0.0.1",
+        )
+    ep = endpoint(conf, name, port, route)
+    alive: Callable[[], str | None] | None = None
+    if not found.running:
+        holders = port_holders(engine.client.api.containers(filters={"status": "running"}), name, port)
+        if holders or (route.local_ports and port_in_use(port)):
+            raise port_taken_error(name, port, holders, route.where)
+        notice(f"starting container {name} ...")
+        results = engine.start_all([name])
+        if not results or not results[0].ok:
+            detail = results[0].detail if results else "no result"
+            raise EngineError(f"cannot start container {name!r} ({detail})", f"see: docker logs {name}")
+        alive = _state_watch(engine, name)
+    wait_for_sshd(port, wait, host=ep.host, alive=alive, container=name,
+                  answers=(lambda: endpoint_answers(ep)) if ep.jump else None)
+    return ep
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One BatchMode ``ssh ... true``: whether it worked, and if not, why (``classify_probe_failure``)."""
+
+    ok: bool
+    kind: str = ""
+    code: int = 0
+    stderr: str = ""
+
+
+def probe(ep: Endpoint, connect_timeout: int = 10, timeout: float = 60) -> Probe:
+    """Run ``true`` over SSH once, with BatchMode and no stdin."""
+    try:
+        proc = subprocess.run(
+            ssh_argv(ep, "true", batch=True, connect_timeout=connect_timeout), stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return Probe(False, "timeout", 255, f"did not finish within {timeout:g}s")
+    if proc.returncode == 0:
+        return Probe(True)
+    return Probe(False, classify_probe_failure(proc.stderr), proc.returncode, proc.stderr)
 
 
 def preflight(ep: Endpoint, notice: Notice = _stderr_notice, attempts: int = 3) -> None:
@@ -490,20 +681,15 @@ def preflight(ep: Endpoint, notice: Notice = _stderr_notice, attempts: int = 3) 
     tries = 0
     while True:
         tries += 1
-        try:
-            proc = subprocess.run(
-                ssh_argv(ep, "true", batch=True), stdin=subprocess.DEVNULL,
-                capture_output=True, text=True, timeout=60,
-            )
-        except subprocess.TimeoutExpired:
-            raise SshTransportError(
-                f"SSH to container {ep.container!r} ({ep.host}:{ep.port}) did not finish within 60s",
-                f"check that sshd in it is healthy (docker logs {ep.container})",
-            ) from None
-        if proc.returncode == 0:
+        result = probe(ep)
+        if result.ok:
             return
-        kind = classify_probe_failure(proc.stderr)
-        if kind == "hostkey-changed" and not key_replaced:
+        if result.kind == "timeout" and result.code == 255 and "did not finish" in result.stderr:
+            raise SshTransportError(
+                f"SSH to container {ep.label} ({ep.host}:{ep.port}) did not finish within 60s",
+                f"check that sshd in it is healthy (docker logs {ep.container})",
+            )
+        if result.kind == "hostkey-changed" and not key_replaced:
             forget_host_key(ep)
             notice(
                 f"the host key of {ep.known_hosts_entry} changed (container {ep.container} was recreated?); "
@@ -511,10 +697,10 @@ def preflight(ep: Endpoint, notice: Notice = _stderr_notice, attempts: int = 3) 
             )
             key_replaced = True
             continue
-        if kind in ("refused", "timeout") and tries < attempts:
+        if result.kind in ("refused", "timeout") and tries < attempts:
             time.sleep(0.5 * tries)
             continue
-        raise _probe_error(ep, kind, proc.returncode, proc.stderr)
+        raise _probe_error(ep, result.kind, result.code, result.stderr)
 
 
 def forget_host_key(ep: Endpoint) -> None:
@@ -532,7 +718,7 @@ def forget_host_key(ep: Endpoint) -> None:
 
 
 def _probe_error(ep: Endpoint, kind: str, code: int, stderr: str) -> SshTransportError:
-    where = f"container {ep.container!r} ({ep.host}:{ep.port})"
+    where = f"container {ep.label} ({ep.host}:{ep.port})"
     if kind == "auth":
         return SshTransportError(
             f"{where} refused the key {ep.key} for user {ep.user!r}",
@@ -571,9 +757,10 @@ def shell(
     wait: float = 30.0,
     replace_process: bool = True,
     notice: Notice = _stderr_notice,
+    target: str = "",
 ) -> int:
     """Open an interactive login shell; with ``replace_process`` this process becomes ssh (never returns)."""
-    ep = reach(conf, container, wait, notice)
+    ep = reach(conf, container, wait, notice, target)
     argv = shell_argv(ep)
     if replace_process:
         sys.stdout.flush()
@@ -594,6 +781,7 @@ def run(
     forward_stdin: bool = False,
     capture: bool = False,
     notice: Notice = _stderr_notice,
+    target: str = "",
 ) -> RunResult:
     """Run a command (a string for ``bash -lc``, or an argv list) in a container, exactly once.
 
@@ -604,7 +792,7 @@ def run(
     Failures before the session started raise ``SshTransportError`` (or another ``OpsError``).
     """
     script = command_script(command=command, argv=argv, env=env)
-    ep = reach(conf, container, wait, notice)
+    ep = reach(conf, container, wait, notice, target)
     return run_on(ep, script, detach=detach, settle=settle, forward_stdin=forward_stdin, capture=capture,
                   notice=notice)
 

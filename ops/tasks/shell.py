@@ -5,13 +5,15 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from invoke import task
+from invoke import Context, task
 from invoke.exceptions import Exit
 
 from ops.errors import ConfigError
 from ops.tasks._common import cfg, cli_errors
 
 WAIT_HELP = "seconds to wait for sshd in the container to answer (default 30)"
+TARGET_HELP = ("where the container runs: local, lima:<vm> or ssh://user@host:port (default cai.target; "
+               "on a Mac the Lima VM cai.lima_vm)")
 
 
 @task(
@@ -19,14 +21,15 @@ WAIT_HELP = "seconds to wait for sshd in the container to answer (default 30)"
     help={
         "container": "managed container to enter (default: the only running one)",
         "wait": WAIT_HELP,
+        "target": TARGET_HELP,
     },
 )
 @cli_errors
-def shell(c: Any, container: str = "", wait: int = 30) -> None:
+def shell(c: Context, container: str = "", wait: int = 30, target: str = "") -> None:
     """Interactive login shell in an agent container over SSH, with a TTY even when stdin is piped."""
     from ops import ssh
 
-    code = ssh.shell(cfg(c), container or None, wait=_wait(wait))
+    code = ssh.shell(cfg(c), container or None, wait=_wait(wait), target=target)
     if code:  # only reached when ssh did not replace this process
         raise Exit(code=code)
 
@@ -40,16 +43,18 @@ def shell(c: Any, container: str = "", wait: int = 30) -> None:
         "env": "NAME=VALUE for the command's environment (repeatable; the value is passed byte for byte)",
         "detach": "start in the background, confirm it is alive, print its PID and log path, return",
         "wait": WAIT_HELP,
+        "target": TARGET_HELP,
     },
 )
 @cli_errors
 def run(
-    c: Any,
+    c: Context,
     container: str = "",
     cmd: str = "",
     env: list[str] | None = None,
     detach: bool = False,
     wait: int = 30,
+    target: str = "",
 ) -> None:
     """Run a command in an agent container (foreground, or --detach with a confirmed start)."""
     from ops import ssh
@@ -61,7 +66,7 @@ def run(
     variables = ssh.parse_env_pairs(env)
     result = ssh.run(
         cfg(c), container, command=cmd, env=variables, detach=detach, wait=_wait(wait),
-        forward_stdin=not detach,
+        forward_stdin=not detach, target=target,
     )
     if not detach:
         if result.exit_code:
