@@ -166,7 +166,7 @@ def engine_findings(r: Resolved, engine: Any, error: OpsError | None) -> list[Fi
 
 def _extra_checks() -> list[Check]:
     """Checks contributed by the feature modules: units (drift, engine unit) and ownership/taint."""
-    from ops import repair, units
+    from ops import repair, ssh_health, units
 
     def unit_checks(r: Resolved, engine: Any, conf: CaiConfig) -> list[Finding]:
         return units.doctor_findings(r.ctx, conf, r.name, r.platform)
@@ -176,16 +176,30 @@ def _extra_checks() -> list[Check]:
             return []
         return repair.doctor_findings(engine, conf, r.name, r.platform)
 
-    return [unit_checks, ownership]
+    return [unit_checks, ownership, ssh_health.doctor_findings]
+
+
+def host_probes(conf: CaiConfig) -> list[str]:
+    """Every command the checks run on a target, so that they all run in one round trip with the
+    platform probe (a check whose command is not listed here still works: it runs on its own)."""
+    from ops import units
+
+    return [probes.SYSBOX_PROBE, probes.bundle_probe(conf.opt_dir), probes.has_command_probe("fusermount3"),
+            probes.dpkg_probe("fuse"), probes.APPARMOR_PROBE, probes.has_command_probe("sysbox-runc"),
+            probes.unit_active_probe("sysbox.service"), *units.doctor_commands(conf)]
 
 
 def check_target(text: str, conf: CaiConfig, base: Any = None) -> TargetReport:
-    """Evaluate one target; unreachable targets become an error finding, not an exception."""
+    """Evaluate one target; unreachable targets become an error finding, not an exception.
+
+    One command on the target reads everything the checks need (:func:`host_probes`); the engine is
+    asked for its version once and lists its containers once (:meth:`ops.engine.Engine.snapshot`).
+    """
     from ops.engine import Engine
 
     report = TargetReport(target=text)
     try:
-        r = resolve(text, conf, base)
+        r = resolve(text, conf, base, prefetch=host_probes(conf))
     except OpsError as exc:
         report.findings.append(Finding("target.unreachable", "error", text, exc.message, exc.hint))
         return report
@@ -203,6 +217,8 @@ def check_target(text: str, conf: CaiConfig, base: Any = None) -> TargetReport:
             except OpsError as exc:
                 error = exc
             try:
+                if engine is not None:
+                    engine.snapshot()  # every check below reads this one listing
                 findings += engine_findings(r, engine, error)
                 for check in _extra_checks():
                     findings += check(r, engine, conf)

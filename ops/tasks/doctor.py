@@ -14,8 +14,9 @@ from invoke.exceptions import Exit
 
 from ops.tasks._common import cfg, cli_errors, targets_of
 
-#: Finding codes that ``--fix`` knows how to fix (by the ownership repair of all managed volumes).
-FIXABLE = ("ownership.damaged",)
+#: Finding codes that ``--fix`` knows how to fix: the ownership repair of all managed volumes, and the
+#: public key put back into a container that refuses it (``ops.ssh_health``).
+FIXABLE = ("ownership.damaged", "ssh.container-key-refused")
 
 
 @task(
@@ -76,7 +77,8 @@ def doctor(
     fix_result: dict[str, Any] | None = None
     if fix:
         fixable = sorted({f.code for r in reports for f in r.findings if f.code in FIXABLE})
-        fix_result = apply_fixes(c, fixable, dry_run, capture=json_)
+        fix_result = apply_fixes(c, [f for f in fixable if f.startswith("ownership.")], dry_run, capture=json_)
+        fix_result["ssh"] = ssh_fixes([f for r in reports for f in r.findings], conf, dry_run, capture=json_)
         if fixable and not dry_run:  # apply, then check again: the findings are the state after the fix
             reports = run_doctor(targets, conf, c)
             if not json_:
@@ -139,6 +141,17 @@ def apply_fixes(c: Any, fixable: list[str], dry_run: bool, capture: bool) -> dic
         result["exit_code"], result["error"] = exc.exit_code or 1, exc.line()
     result["output"] = out.getvalue().splitlines()
     return result
+
+
+def ssh_fixes(findings: list[Any], conf: Any, dry_run: bool, capture: bool) -> list[str]:
+    """Put the public key back into each container that refuses it, then test it again (one line each)."""
+    from ops import ssh_health
+
+    lines = [r.line() for r in ssh_health.fix_key_refused(findings, conf, dry_run)]
+    if not capture:
+        for line in lines:
+            print(line, file=sys.stderr)
+    return lines
 
 
 def render_text(reports: list[Any]) -> None:
