@@ -117,18 +117,50 @@ def stage(host: Host, local: Path, digest: str = "") -> str:
     return remote
 
 
+def unpacked_dir(conf: CaiConfig, version: str) -> str:
+    """Where the bundle is unpacked before the containers stop (beside its versioned directory)."""
+    return f"{conf.opt_dir.rstrip('/')}/docker/.{version}.cai-new"
+
+
+def unpack_dockerd(host: Host, conf: CaiConfig, staged: str, version: str) -> None:
+    """Unpack the staged bundle next to ``<opt_dir>/docker/<version>/`` (under a temporary name) and
+    check it holds dockerd. Nothing the engine runs on changes, so this happens before the
+    containers stop; :func:`switch_dockerd` then only renames."""
+    q = shlex.quote
+    script = f"""set -e
+tmp={q(unpacked_dir(conf, version))}; tgz={q(staged)}
+rm -rf "$tmp"; mkdir -p "$tmp"
+tar -xzf "$tgz" -C "$tmp" --no-same-owner
+if [ ! -x "$tmp/docker/dockerd" ]; then echo "the tarball has no docker/dockerd" >&2; rm -rf "$tmp"; exit 3; fi
+"""
+    host.sh(script, what=f"unpacking the dockerd bundle {version}")
+
+
+def discard_unpacked(host: Host, conf: CaiConfig, version: str) -> None:
+    """Remove an unpacked bundle that was not switched to (best effort)."""
+    with contextlib.suppress(OpsError):
+        host.probe(f"rm -rf {shlex.quote(unpacked_dir(conf, version))}")
+
+
 def install_dockerd(host: Host, conf: CaiConfig, tarball: Path, version: str, digest: str = "",
                     staged: str = "") -> None:
     """Unpack the bundle to ``<opt_dir>/docker/<version>/``, switch the links atomically, write VERSION."""
     remote = staged or stage(host, tarball, digest)
+    unpack_dockerd(host, conf, remote, version)
+    switch_dockerd(host, conf, version)
+
+
+def switch_dockerd(host: Host, conf: CaiConfig, version: str) -> None:
+    """Move the unpacked bundle to ``<opt_dir>/docker/<version>/``, switch every link of
+    ``<opt_dir>/bin`` atomically (new link, rename), drop links into older versions it no longer has,
+    write VERSION atomically last."""
     q = shlex.quote
     opt = conf.opt_dir.rstrip("/")
     script = f"""set -e
-opt={q(opt)}; ver={q(version)}; tgz={q(remote)}
+opt={q(opt)}; ver={q(version)}
 dest="$opt/docker/$ver"; tmp="$opt/docker/.$ver.cai-new"
-rm -rf "$tmp"; mkdir -p "$tmp" "$opt/bin"
-tar -xzf "$tgz" -C "$tmp" --no-same-owner
-if [ ! -x "$tmp/docker/dockerd" ]; then echo "the tarball has no docker/dockerd" >&2; rm -rf "$tmp"; exit 3; fi
+if [ ! -x "$tmp/docker/dockerd" ]; then echo "the unpacked bundle $tmp is gone" >&2; exit 3; fi
+mkdir -p "$opt/bin"
 rm -rf "$dest.cai-old"
 if [ -e "$dest" ]; then mv "$dest" "$dest.cai-old"; fi
 mv "$tmp/docker" "$dest"; rm -rf "$tmp" "$dest.cai-old"
@@ -146,6 +178,14 @@ printf '%s\\n' "$ver" > "$opt/.VERSION.cai-new"
 mv -f "$opt/.VERSION.cai-new" "$opt/VERSION"
 """
     host.sh(script, what=f"installing the dockerd bundle {version}")
+
+
+def sysbox_invocation(host: Host) -> tuple[str, str]:
+    """(InvocationID, ActiveState) of sysbox.service: a new InvocationID after the package install
+    means its scripts restarted Sysbox, on the new binaries."""
+    _code, out, _err = host.probe("systemctl show -p InvocationID -p ActiveState sysbox.service")
+    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return values.get("InvocationID", "").strip(), values.get("ActiveState", "").strip()
 
 
 #: How the bundled .deb is installed (and, with -s, simulated first): apt resolves its dependencies.
@@ -166,6 +206,13 @@ def stage_sysbox(host: Host, deb: Path, digest: str = "") -> str:
                        "nothing was changed",
                        "run `apt-get update` there and check its apt sources (the package needs fuse3 and "
                        "its other dependencies from them), then rerun")
+    # fetch what the package needs into apt's cache now, so the install while the containers are
+    # down downloads nothing
+    code, out, err = host.probe(f"{APT_INSTALL} --download-only {q(remote)}", timeout=tm.APT_BASE)
+    if code != 0:
+        raise OpsError(f"apt-get could not download what {deb.name} needs on {host.name} "
+                       f"({apt_reason(code, out, err)}); nothing was changed",
+                       "check the host's apt sources and its network, then rerun")
     return remote
 
 
@@ -208,7 +255,7 @@ def wait_engine(docker_host: str, conf: CaiConfig, timeout: float = 90, unit: st
         if time.monotonic() > deadline:
             raise EngineError(f"the engine did not answer a ping within {timeout:.0f}s after the restart ({last})",
                               f"see `journalctl -u {unit}`; then inv update --resume")
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 def budget(host: Host, conf: CaiConfig, engine_unit: str = ENGINE_UNIT) -> int:
@@ -239,8 +286,9 @@ def settle(host: Host, unit: str, timeout: float) -> str:
 def restart_unit(host: Host, unit: str, timeout: int) -> None:
     """``systemctl restart`` a unit within ``timeout`` (a restart budget) and fail with its status when it
     does not come up; a restart cut by the timeout raises CutError (its job may still run)."""
-    host.probe(f"systemctl reset-failed {unit} 2>/dev/null")  # a start-limit-hit must not block it
-    code, _out, err = host.run(f"systemctl restart {unit}", what=f"systemctl restart {unit}", timeout=timeout)
+    # a start-limit-hit must not block it (one command: the containers may be down meanwhile)
+    code, _out, err = host.run(f"systemctl reset-failed {unit} 2>/dev/null; systemctl restart {unit}",
+                               what=f"systemctl restart {unit}", timeout=timeout)
     if code != 0:
         raise OpsError(f"{unit} did not (re)start: {err.strip().splitlines()[-1][:200] if err.strip() else code}",
                        f"see `systemctl status {unit}` and `journalctl -u {unit}`")
@@ -483,6 +531,9 @@ class Session:
         drifted = {d.path for d in facts.drift}
         files: list[RenderedFile] = [f for f in facts.rendered if f.path in drifted]
         new_version = next((str(s.data["version"]) for s in p.steps if s.action == pl.DOCKERD), None)
+        if names or any(s.action in (pl.SYSBOX, pl.RESTART_SYSBOX, pl.RESTART_ENGINE) for s in p.steps):
+            self.restart_budget()  # read now: not while the containers are down
+        sysbox_before = sysbox_invocation(host) if any(s.action == pl.SYSBOX for s in p.steps) else None
         keep = [f.path for f in files]
         # something the engine runs on is replaced (on lima-vm only the stop hook is ours: nothing to
         # roll back that would make the VM's docker.service start)
@@ -502,7 +553,12 @@ class Session:
                         jr.clear(host, conf)
                 raise
         state = {"changed": False, "engine_ok": not guarded, "sysbox": False}
+        sysbox_restarted = False
         try:
+            if new_version:
+                # unpacked before the containers stop; the switch after the stop is renames only
+                unpack_dockerd(host, conf, staged[str(next(s.data["tarball"] for s in p.steps
+                                                           if s.action == pl.DOCKERD))], new_version)
             for step in p.steps:
                 self.emit(f"- {step.summary}")
                 if step.action == pl.STOP:
@@ -510,33 +566,39 @@ class Session:
                 elif step.action == pl.DOCKERD:
                     state["changed"] = True
                     tarball = str(step.data["tarball"])
-                    install_dockerd(host, conf, Path(tarball), step.data["version"], digests[tarball],
-                                    staged[tarball])
+                    switch_dockerd(host, conf, step.data["version"])
                 elif step.action == pl.SYSBOX:
                     state["sysbox"] = True
                     deb = str(step.data["deb"])
                     install_sysbox(host, Path(deb), digests[deb], staged[deb],
                                    timeout=tm.apt_budget(self.restart_budget()))
+                    if sysbox_before is not None:
+                        after = sysbox_invocation(host)
+                        sysbox_restarted = after[1] == "active" and after[0] != sysbox_before[0]
                 elif step.action == pl.UNITS:
                     state["changed"] = True
-                    for f in files:
-                        host.write_text(f.path, f.text, f.mode)
+                    host.write_files([(f.path, f.text, f.mode) for f in files])  # one round trip
                 elif step.action == pl.RELOAD:
-                    # containai: the engine unit (it Wants= the guard); lima-vm: the guard, into docker.service
+                    # containai: the engine unit (it Wants= the guard); lima-vm: the guard, into docker.service;
+                    # the new units' timeouts count from now on (read in the same command)
                     enable = GUARD_UNIT if self.vm else ENGINE_UNIT
-                    host.sh("systemctl daemon-reload", what="systemctl daemon-reload")
-                    host.sh(f"systemctl enable {enable}", what=f"systemctl enable {enable}")
-                    self._budget = None  # the new units' timeouts count from now on
+                    out = host.sh(f"systemctl daemon-reload && systemctl enable {enable} >/dev/null && "
+                                  + tm.show_command((self.engine_unit, GUARD_UNIT)),
+                                  what=f"systemctl daemon-reload and enable {enable}")
+                    self._budget = tm.restart_budget(conf, tm.parse_show(out), self.engine_unit)
                 elif step.action == pl.RESTART_SYSBOX:
-                    restart_unit(host, "sysbox.service", self.restart_budget())
+                    if sysbox_restarted:
+                        self.emit("  (the package's scripts restarted sysbox.service on the new Sysbox: "
+                                  "not restarted twice)")
+                    else:
+                        restart_unit(host, "sysbox.service", self.restart_budget())
                 elif step.action == pl.RESTART_ENGINE:
                     restart_unit(host, self.engine_unit, self.restart_budget())
                     wait_engine(self.docker_host, conf, unit=self.engine_unit)
                     state["engine_ok"] = True
-                    if guarded:
-                        with contextlib.suppress(OpsError):
-                            rb.drop(host, conf)
-                    host.sh(f"systemctl start {GUARD_UNIT}", what=f"systemctl start {GUARD_UNIT}")
+                    # the copy is not needed any more, and the stop hook must run (one command)
+                    drop = f"rm -rf {shlex.quote(rb.backup_dir(conf))}; " if guarded else ""
+                    host.sh(f"{drop}systemctl start {GUARD_UNIT}", what=f"systemctl start {GUARD_UNIT}")
                 elif step.action == pl.START_GUARD:
                     host.sh(f"systemctl start {GUARD_UNIT}", what=f"systemctl start {GUARD_UNIT}")
                 elif step.action == pl.START:
@@ -549,6 +611,8 @@ class Session:
                     jr.write(host, conf, j)
         except OpsError as exc:
             failure = exc
+            if new_version:
+                discard_unpacked(host, conf, new_version)
             if guarded and not state["engine_ok"]:
                 failure = self._rollback(exc, keep, new_version, state["changed"], state["sysbox"])
             if j is None:

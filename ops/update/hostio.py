@@ -24,6 +24,11 @@ from ops.targets import FileContext, describe
 
 #: The time a read-only probe gets (a command that does real work gets a budget of its own).
 PROBE_TIMEOUT = 60
+#: Files whose content adds up to at most this many bytes are written by one command that carries
+#: them (one round trip, no copy); larger ones are copied to the target first. One shell argument
+#: may not exceed 128 KiB (``sudo -n sh -c``), and base64 makes the content a third larger.
+INLINE_MAX = 48 * 1024
+_WRITING = "@@CAI-WRITING "
 
 
 class CutError(OpsError):
@@ -127,6 +132,31 @@ class Host:
         A file that exists keeps its mode and owner (plus the execute bits of ``mode``, so a script
         stays executable); a new file gets ``mode``.
         """
+        self.write_files([(path, text, mode)])
+
+    def write_files(self, files: list[tuple[str, str, int]]) -> None:
+        """Write files (path, text, mode) as :meth:`write_text` does, in order; small ones (together
+        at most ``INLINE_MAX`` bytes) in ONE command that carries their content, so an update writes
+        its units while the containers are down in one round trip. A failure names the file."""
+        if not files:
+            return
+        if sum(len(text.encode()) for _p, text, _m in files) > INLINE_MAX:
+            for path, text, mode in files:
+                self._write_uploaded(path, text, mode)
+            return
+        script = "\n".join(f"echo {shlex.quote(_WRITING + path)}\n"
+                           f"{{ {inline_install_command(path, text, mode)}; }} || exit $?"
+                           for path, text, mode in files)
+        code, out, err = self.run(script, what=f"writing {files[0][0]}")
+        if code != 0:
+            failed = [line[len(_WRITING):] for line in out.splitlines() if line.startswith(_WRITING)]
+            tail = [line for line in err.strip().splitlines() if line.strip()]
+            raise OpsError(f"writing {failed[-1] if failed else files[0][0]} failed on {self.name} (exit {code})"
+                           + (f": {tail[-1].strip()[:300]}" if tail else ""),
+                           "fix the cause shown, then rerun (inv update --resume restarts stopped containers)")
+
+    def _write_uploaded(self, path: str, text: str, mode: int) -> None:
+        """Write one (large) file through a copy into the staging directory."""
         fd, local = tempfile.mkstemp(prefix="cai-")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -196,6 +226,26 @@ def install_command(staged: str, path: str, mode: int) -> str:
             f"m=$(stat -c %a \"$p\"); chmod \"$(printf '%o' $(( 0$m | 0{exec_bits} )))\" \"$t\"; "
             f"else chown 0:0 \"$t\"; chmod {mode:o} \"$t\"; fi; "
             f"sync \"$t\"; mv -f \"$t\" \"$p\"; sync {q(directory)}")
+
+
+def inline_install_command(path: str, text: str, mode: int) -> str:
+    """Shell that installs ``text`` (carried in the command, base64) as ``path`` exactly as
+    :func:`install_command` installs a staged copy: a temporary file beside it with the existing
+    file's mode and owner (or ``mode``), fsync, rename, fsync of the directory. One ``&&`` chain, so
+    it stops at the first failure wherever it is embedded."""
+    q = shlex.quote
+    directory = os.path.dirname(path) or "/"
+    tmp = f"{directory}/.{Path(path).name}.cai-new"
+    exec_bits = f"{mode & 0o111:o}"
+    data = base64.b64encode(text.encode("utf-8")).decode("ascii")
+    return " && ".join([
+        f"p={q(path)}", f"t={q(tmp)}", f"mkdir -p {q(directory)}", 'rm -f "$t"',
+        f'printf %s {data} | base64 -d > "$t"',
+        ('if [ -f "$p" ]; then chown --reference="$p" "$t" && m=$(stat -c %a "$p") && '
+         f'chmod "$(printf \'%o\' $(( 0$m | 0{exec_bits} )))" "$t"; '
+         f'else chown 0:0 "$t" && chmod {mode:o} "$t"; fi'),
+        'sync "$t"', 'mv -f "$t" "$p"', f"sync {q(directory)}",
+    ])
 
 
 # --- reading files as root --------------------------------------------------------------------------

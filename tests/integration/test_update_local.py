@@ -97,7 +97,7 @@ def test_bundle_without_docker_folder_is_refused(tmp_path: Path) -> None:
         tar.addfile(info, io.BytesIO(b""))
     write_sha256(bad)
     host = Host(LocalContext(), "")
-    with pytest.raises(OpsError, match="installing the dockerd bundle 27.0.1 failed.*no docker/dockerd"):
+    with pytest.raises(OpsError, match="unpacking the dockerd bundle 27.0.1 failed.*no docker/dockerd"):
         install_dockerd(host, conf(tmp_path), bad, "27.0.1")
     assert not (tmp_path / "opt" / "VERSION").exists()
 
@@ -185,6 +185,8 @@ def test_update_refuses_a_wsl2_host_without_systemd(tmp_path: Path) -> None:
     probe = GOLDEN / "probe"
     missing = "".join(f"\n@@CAI-FILE {p}\nmissing" for p in units.managed_paths(c)) + "\n"
     answers = {
+        # the host layout probe: without systemd, nothing of ContainAI installed yet
+        re.compile(r"^p\(\) \{ printf"): Result((GOLDEN / "layout" / "no-systemd-nothing-installed.txt").read_text()),
         re.compile(r"echo os=\$\(uname -s\)"): Result((probe / "wsl2-no-systemd.txt").read_text()),
         re.compile(r"echo pid1=.*engine_state"): Result((probe / "host-state-wsl2-no-systemd.txt").read_text()),
         re.compile(r"id -u; sudo -n true"): Result("0\n"),
@@ -309,6 +311,38 @@ def test_files_are_read_as_root_unreadable_is_not_missing_and_modes_are_kept(tmp
     assert script.stat().st_mode & 0o777 == 0o711
     assert (tmp_path / "new.service").stat().st_mode & 0o777 == 0o644
     assert not list(tmp_path.glob(".*.cai-new"))
+
+
+def test_several_files_are_written_in_one_command_and_a_failure_names_its_file(tmp_path: Path) -> None:
+    """The units an update writes while the containers are down go in ONE command (their content
+    carried in it); each file is still written atomically, in order, and the one that fails is named.
+    A file too large to carry is copied first, then installed the same way."""
+    root = Host(LocalContext(), "")
+    commands: list[str] = []
+    real = root.run
+
+    def counting(command: str, what: str = "", timeout: int = 60) -> tuple[int, str, str]:
+        commands.append(command)
+        return real(command, what, timeout)
+
+    root.run = counting  # type: ignore[method-assign]
+    a, b = tmp_path / "a" / "x.service", tmp_path / "y.conf"
+    try:
+        root.write_files([(str(a), "[Unit]\n$HOME '\"\n", 0o644), (str(b), "", 0o600)])
+        assert len(commands) == 1
+        assert a.read_text() == "[Unit]\n$HOME '\"\n" and b.read_text() == ""
+        assert a.stat().st_mode & 0o777 == 0o644 and b.stat().st_mode & 0o777 == 0o600
+        (tmp_path / "file").write_text("not a directory\n")
+        bad = tmp_path / "file" / "z.service"
+        with pytest.raises(OpsError, match=f"writing {bad} failed on local host"):
+            root.write_files([(str(a), "new\n", 0o644), (str(bad), "z\n", 0o644), (str(b), "never\n", 0o600)])
+        assert a.read_text() == "new\n" and b.read_text() == ""
+        big = "x" * (200 * 1024) + "\n"
+        root.write_files([(str(b), big, 0o600)])
+        assert b.read_text() == big and b.stat().st_mode & 0o777 == 0o600
+    finally:
+        root.cleanup()
+    assert not list(tmp_path.rglob(".*.cai-new"))
 
 
 def test_a_command_cut_by_its_timeout_is_reported_as_cut(tmp_path: Path) -> None:

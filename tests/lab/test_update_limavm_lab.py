@@ -34,7 +34,7 @@ ls -d /opt/containai /etc/systemd/system/containai-docker.service /etc/systemd/s
 sha256sum /etc/docker/daemon.json
 systemctl show -p ExecMainPID -p ActiveEnterTimestamp docker.service sysbox.service
 ls -A /var/lib/containai-ops 2>/dev/null | grep -v '^update.lock' || true
-docker -H unix:///var/run/docker.sock ps -a --format '{{.Names}} {{.State}} {{.Status}}'
+docker -H unix:///var/run/docker.sock ps -a --format '{{.Names}} {{.State}}'
 """
 
 
