@@ -2,11 +2,19 @@
 
 Reads return frozen dataclasses; the stop/start helpers act on many containers in parallel, each with
 its own graceful timeout, and report per container what happened.
+
+Connecting costs one request (``GET /version``, which also proves the engine answers), and a listing is
+one ``GET /containers/json`` whatever the number of containers (no inspect per container). An engine
+socket that is missing or refuses connections is told in microseconds, before the SDK is imported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import socket
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +35,8 @@ class ManagedContainer:
     state: str
     labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     managed: bool = True
+    #: Named volumes it mounts (``Mounts`` of type volume), in mount order.
+    volumes: tuple[str, ...] = field(default=(), hash=False, compare=False)
 
     @property
     def running(self) -> bool:
@@ -49,11 +59,19 @@ class ActionResult:
     detail: str = ""
 
 
+def _volume_names(mounts: Any) -> tuple[str, ...]:
+    return tuple(str(m["Name"]) for m in mounts or [] if m.get("Type") == "volume" and m.get("Name"))
+
+
+def _is_managed(labels: dict[str, str], label: str) -> bool:
+    key, _, value = label.partition("=")
+    return labels.get(key) == value
+
+
 def container_from_attrs(attrs: dict[str, Any], label: str) -> ManagedContainer:
     """Pure parser: a ``docker inspect`` document to a ManagedContainer."""
     cfg = attrs.get("Config") or {}
     labels = dict(cfg.get("Labels") or {})
-    key, _, value = label.partition("=")
     name = str(attrs.get("Name", "")).lstrip("/")
     state = (attrs.get("State") or {}).get("Status", "unknown")
     return ManagedContainer(
@@ -62,33 +80,113 @@ def container_from_attrs(attrs: dict[str, Any], label: str) -> ManagedContainer:
         image=str(cfg.get("Image", "")),
         state=str(state),
         labels=labels,
-        managed=labels.get(key) == value,
+        managed=_is_managed(labels, label),
+        volumes=_volume_names(attrs.get("Mounts")),
     )
+
+
+def container_from_summary(entry: dict[str, Any], label: str) -> ManagedContainer:
+    """Pure parser: one entry of ``GET /containers/json`` (``docker ps``) to a ManagedContainer.
+
+    ``Names`` holds ``/name`` plus ``/other/alias`` for each legacy link to it: the name is the one
+    without a second slash.
+    """
+    labels = dict(entry.get("Labels") or {})
+    names = [str(n).lstrip("/") for n in entry.get("Names") or []]
+    name = next((n for n in names if "/" not in n), names[0] if names else "")
+    return ManagedContainer(
+        id=str(entry.get("Id", "")),
+        name=name,
+        image=str(entry.get("Image", "")),
+        state=str(entry.get("State") or "unknown"),
+        labels=labels,
+        managed=_is_managed(labels, label),
+        volumes=_volume_names(entry.get("Mounts")),
+    )
+
+
+def check_socket(docker_host: str, timeout: float = 5.0) -> None:
+    """Raise EngineError at once when a ``unix://`` engine socket is missing, refuses connections or may
+    not be opened; any other docker host passes (the SDK tells)."""
+    if not docker_host.startswith("unix://"):
+        return
+    path = docker_host[len("unix://"):]
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        why = {errno.ENOENT: "socket not found", errno.ECONNREFUSED: "connection refused",
+               errno.EACCES: "permission denied on the socket", errno.ENOTSOCK: "not a socket"}
+        raise EngineError(
+            f"engine at {docker_host} is unreachable ({why.get(exc.errno or 0) or _short(exc)})",
+            "start it (systemctl start containai-docker) or set cai.docker_host",
+        ) from None
+    finally:
+        sock.close()
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_docker() -> Any:
+    """The ``docker`` package, imported without its SSH transport when nothing else needs paramiko.
+
+    Every engine here is reached on a unix socket (a remote one through a forwarded socket), never
+    through docker's own ``ssh://`` transport, whose import of paramiko (and its cryptography) costs
+    more than the rest of the SDK. docker skips that transport when paramiko cannot be imported; paramiko
+    is hidden only while nothing else runs: on the main thread, with no other thread alive, and before
+    anything has imported it (Fabric imports it normally afterwards).
+    """
+    with _IMPORT_LOCK:
+        if "docker" in sys.modules:
+            return sys.modules["docker"]
+        hide = ("paramiko" not in sys.modules and threading.current_thread() is threading.main_thread()
+                and threading.active_count() == 1)
+        if hide:
+            sys.modules["paramiko"] = None  # type: ignore[assignment]
+        try:
+            import docker
+        finally:
+            if hide and sys.modules.get("paramiko", False) is None:
+                del sys.modules["paramiko"]
+        return docker
 
 
 class Engine:
     """A connected Docker SDK client for one engine socket."""
 
-    def __init__(self, client: Any, docker_host: str, label: str) -> None:
+    def __init__(self, client: Any, docker_host: str, label: str, version: dict[str, Any] | None = None) -> None:
         self.client = client
         self.docker_host = docker_host
         self.label = label
+        self._version = version
+        self._snapshot: list[ManagedContainer] | None = None
 
     @classmethod
     def connect(cls, docker_host: str, label: str, timeout: int = 30) -> Engine:
-        """Connect and ping; raise EngineError with a hint when the engine does not answer."""
-        import docker
+        """Connect with one ``GET /version`` (the engine answers, and with which API version); raise
+        EngineError with a hint when the engine does not answer."""
+        check_socket(docker_host, min(5.0, float(timeout)))
+        docker = import_docker()
         from docker.errors import DockerException
 
         try:
-            client = docker.DockerClient(base_url=docker_host, timeout=timeout, max_pool_size=64)
-            client.ping()
-        except (DockerException, OSError, ValueError) as exc:
+            # the version is asked unversioned, so the probe's API version is never used
+            probe = docker.APIClient(base_url=docker_host, timeout=timeout,
+                                     version=docker.constants.MINIMUM_DOCKER_API_VERSION)
+            try:
+                version = dict(probe.version(api_version=False))
+            finally:
+                probe.close()
+            client = docker.DockerClient(base_url=docker_host, timeout=timeout, max_pool_size=64,
+                                         version=str(version["ApiVersion"]))
+        except (DockerException, OSError, ValueError, KeyError) as exc:
             raise EngineError(
                 f"engine at {docker_host} is unreachable ({_short(exc)})",
                 "start it (systemctl start containai-docker) or set cai.docker_host",
             ) from None
-        return cls(client, docker_host, label)
+        return cls(client, docker_host, label, version)
 
     def close(self) -> None:
         """Close the client's connections."""
@@ -103,17 +201,30 @@ class Engine:
             return False
 
     def version(self) -> dict[str, Any]:
-        """The engine's version document."""
-        return dict(self.client.version())
+        """The engine's version document (the one read when connecting)."""
+        if self._version is None:
+            self._version = dict(self.client.version())
+        return dict(self._version)
+
+    def snapshot(self) -> list[ManagedContainer]:
+        """List every container once (one request) and answer :meth:`containers` from that list from now on.
+
+        For read-only evaluations (doctor) whose checks each ask for the containers.
+        """
+        self._snapshot = None
+        self._snapshot = self.containers(managed_only=False)
+        return list(self._snapshot)
 
     def containers(self, managed_only: bool = True) -> list[ManagedContainer]:
         """Containers on the engine, running and stopped (managed ones only by default)."""
+        if self._snapshot is not None:
+            return [c for c in self._snapshot if c.managed or not managed_only]
         filters = {"label": self.label} if managed_only else None
         try:
-            found = self.client.containers.list(all=True, filters=filters)
+            found = self.client.api.containers(all=True, filters=filters)
         except Exception as exc:
             raise EngineError(f"cannot list containers on {self.docker_host} ({_short(exc)})") from None
-        return sorted((container_from_attrs(c.attrs, self.label) for c in found), key=lambda c: c.name)
+        return sorted((container_from_summary(c, self.label) for c in found), key=lambda c: c.name)
 
     def managed(self) -> list[ManagedContainer]:
         """Managed containers (label ``cai.label``), running and stopped."""

@@ -1,12 +1,17 @@
 """Probes: read a target's state through its Context into values, using the pure parsers.
 
 Each probe runs one short command with ``in_stream=False`` (it never eats the user's stdin) and never
-changes anything.
+changes anything. :func:`batched` runs many probes in one round trip: one shell script with a marker
+line around each command's output; the Context it returns answers each of those commands from that
+output, so the probes and their parsers stay as they are.
 """
 
 from __future__ import annotations
 
 import shlex
+import threading
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,7 @@ from ops.versions import (
     parse_sysbox_runc_output,
 )
 
-_SYSBOX_PROBE = (
+SYSBOX_PROBE = (
     "if command -v sysbox-runc >/dev/null 2>&1; then sysbox-runc --version 2>&1; echo \"__rc=$?\"; "
     "else echo __missing; fi"
 )
@@ -46,7 +51,7 @@ def parse_sysbox_probe(text: str) -> Observed:
 
 def sysbox_installed(ctx: Any) -> Observed:
     """The Sysbox version installed on the target, read from the binary (the source of truth)."""
-    _code, out, _err = run(ctx, _SYSBOX_PROBE)
+    _code, out, _err = run(ctx, SYSBOX_PROBE)
     return parse_sysbox_probe(out)
 
 
@@ -133,21 +138,36 @@ def bundled_dockerd(bundle_dir: str) -> tuple[SysboxVersion | None, Path | None]
     return bundle_version_from_name(path.name), path
 
 
+def has_command_probe(name: str) -> str:
+    """The command of :func:`has_command` (exit 0 when ``name`` is on the PATH)."""
+    return f"command -v {shlex.quote(name)} >/dev/null 2>&1"
+
+
 def has_command(ctx: Any, name: str) -> bool:
     """True when ``name`` is on the target's PATH."""
-    code, _out, _err = run(ctx, f"command -v {shlex.quote(name)} >/dev/null 2>&1")
+    code, _out, _err = run(ctx, has_command_probe(name))
     return code == 0
+
+
+def dpkg_probe(package: str) -> str:
+    """The command of :func:`dpkg_installed`."""
+    return f"dpkg-query -W -f='${{Status}}' {shlex.quote(package)} 2>/dev/null"
 
 
 def dpkg_installed(ctx: Any, package: str) -> bool:
     """True when dpkg says the package is installed on the target."""
-    code, out, _err = run(ctx, f"dpkg-query -W -f='${{Status}}' {shlex.quote(package)} 2>/dev/null")
+    code, out, _err = run(ctx, dpkg_probe(package))
     return code == 0 and out.strip().endswith(" installed")
+
+
+def unit_active_probe(unit: str) -> str:
+    """The command of :func:`unit_active`."""
+    return f"systemctl is-active {shlex.quote(unit)} 2>/dev/null"
 
 
 def unit_active(ctx: Any, unit: str) -> str:
     """``systemctl is-active`` of a unit on the target (active, inactive, failed, unknown...)."""
-    _code, out, _err = run(ctx, f"systemctl is-active {shlex.quote(unit)} 2>/dev/null")
+    _code, out, _err = run(ctx, unit_active_probe(unit))
     return out.strip() or "unknown"
 
 
@@ -160,7 +180,97 @@ def parse_apparmor_profiles(text: str, profile: str) -> str:
     return ""
 
 
+APPARMOR_PROBE = "cat /sys/kernel/security/apparmor/profiles 2>/dev/null || true"
+
+
 def apparmor_mode(ctx: Any, profile: str) -> str:
     """The AppArmor mode of a profile on the target (enforce, complain, or "" when not loaded)."""
-    _code, out, _err = run(ctx, "cat /sys/kernel/security/apparmor/profiles 2>/dev/null || true")
+    _code, out, _err = run(ctx, APPARMOR_PROBE)
     return parse_apparmor_profiles(out, profile)
+
+
+# --- many probes in one round trip ------------------------------------------------------------------
+
+_BEGIN = "@@CAI-PROBE"
+_END = "@@CAI-RC"
+
+
+def batch_script(commands: Sequence[str], token: str) -> str:
+    """One POSIX shell script running ``commands`` in order, each in its own subshell, its stdout between
+    a ``@@CAI-PROBE <token> <i>`` line and a ``@@CAI-RC <token> <i> <exit status>`` line (stderr passes
+    through). ``token`` (random per run) keeps a command's own output from passing for a marker."""
+    parts = []
+    for i, command in enumerate(commands):
+        parts.append(f"printf '{_BEGIN} {token} {i}\\n'\n(\n{command}\n)\n"
+                     f"printf '\\n{_END} {token} {i} %s\\n' \"$?\"")
+    return "\n".join(parts) + "\n"
+
+
+def parse_batch(text: str, token: str, count: int) -> dict[int, tuple[int, str]]:
+    """Pure parser of :func:`batch_script` output: index -> (exit status, stdout exactly as the command
+    printed it). A command whose markers are missing (the script died before it) is left out."""
+    found: dict[int, tuple[int, str]] = {}
+    begin, end = f"{_BEGIN} {token} ", f"{_END} {token} "
+    current: int | None = None
+    body: list[str] = []
+    for line in text.split("\n"):
+        if current is None:
+            index = line[len(begin):] if line.startswith(begin) else ""
+            if index.isdigit():
+                current, body = int(index), []
+            continue
+        if line.startswith(end):
+            index, _, code = line[len(end):].partition(" ")
+            if index == str(current) and code.lstrip("-").isdigit():
+                # the script printed one newline of its own before the end marker
+                found[current] = (int(code), "\n".join(body))
+                current = None
+                continue
+        body.append(line)
+    return {i: v for i, v in found.items() if i < count}
+
+
+class Batched:
+    """A Context whose probes were run together: ``run`` of a batched command (with ``warn=True``, as
+    :func:`ops.targets.run` calls it) answers from the one round trip, run at the first such call; any
+    other command, and everything else (``put``, ``config``, ``host``...), goes to the wrapped Context."""
+
+    def __init__(self, ctx: Any, commands: Sequence[str], timeout: int = 120) -> None:
+        self.ctx = ctx
+        self.commands = list(dict.fromkeys(commands))
+        self.timeout = timeout
+        self._results: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ctx, name)
+
+    def _load(self) -> dict[str, Any]:
+        with self._lock:
+            if self._results is None:
+                from invoke.runners import Result
+
+                token = uuid.uuid4().hex[:16]
+                result = self.ctx.run(batch_script(self.commands, token), hide=True, warn=True, in_stream=False,
+                                      timeout=self.timeout, pty=False)
+                outputs = parse_batch(str(result.stdout), token, len(self.commands))
+                self._results = {
+                    self.commands[i]: Result(stdout=out, stderr="", exited=code, command=self.commands[i],
+                                             hide=("stdout", "stderr"))
+                    for i, (code, out) in outputs.items()
+                }
+            return self._results
+
+    def run(self, command: str, **kwargs: Any) -> Any:
+        """The batched answer of ``command`` when it was batched, else the wrapped Context's ``run``."""
+        if command in self.commands and kwargs.get("warn"):
+            found = self._load().get(command)
+            if found is not None:
+                return found
+        return self.ctx.run(command, **kwargs)
+
+
+def batched(ctx: Any, commands: Sequence[str]) -> Any:
+    """``ctx`` answering ``commands`` from one round trip (see :class:`Batched`); ``ctx`` itself when
+    there is nothing to batch."""
+    return Batched(ctx, commands) if commands else ctx

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -351,21 +351,23 @@ class Resolved:
         return self.target.name
 
 
-def resolve(text: str, conf: CaiConfig, base: Any = None) -> Resolved:
+def resolve(text: str, conf: CaiConfig, base: Any = None, prefetch: Sequence[str] = ()) -> Resolved:
     """Parse a target, connect, and detect its platform there.
 
     On a macOS host (detected, or ``cai.platform=macos``) the local target becomes the Lima VM
     ``cai.lima_vm`` and the platform is ``macos``; versions are then read inside the VM.
+    ``prefetch``: probe commands run in the same round trip as the platform probe; the Resolved's
+    Context answers them from that output (:func:`ops.facts.batched`).
     """
     target = parse_target(text, conf.lima_vm)
     if target.kind == "local":
-        local_ctx = make_context(target, conf, base)
+        local_ctx = _prefetching(make_context(target, conf, base), prefetch)
         if conf.platform == "macos" or (not conf.platform and os.uname().sysname == "Darwin"):
             target = Target("lima", vm=conf.lima_vm)
         else:
             facts = probe_host(local_ctx)
             return Resolved(target, local_ctx, platform_of(facts, conf.platform), facts)
-    ctx = make_context(target, conf, base)
+    ctx = _prefetching(make_context(target, conf, base), prefetch)
     if target.kind == "lima":
         try:
             facts = probe_host(ctx)
@@ -379,6 +381,14 @@ def resolve(text: str, conf: CaiConfig, base: Any = None) -> Resolved:
     # host is never that Mac, so its platform is detected there (or forced to linux / wsl2).
     override = "" if conf.platform == "macos" else conf.platform
     return Resolved(target, ctx, platform_of(facts, override), facts)
+
+
+def _prefetching(ctx: Any, prefetch: Sequence[str]) -> Any:
+    if not prefetch:
+        return ctx
+    from ops.facts import batched
+
+    return batched(ctx, [PROBE, *prefetch])
 
 
 # --- engine socket --------------------------------------------------------------------------------

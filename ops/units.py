@@ -344,6 +344,14 @@ def install(host: Any, files: list[RenderedFile], enable: bool = True) -> None:
 
 # --- doctor -----------------------------------------------------------------------------------------
 
+def doctor_commands(conf: CaiConfig) -> list[str]:
+    """The probes :func:`doctor_findings` runs (so a caller can run them in one round trip first):
+    PID 1's name, the installed files, the engine unit's and the guard unit's states."""
+    return ["cat /proc/1/comm 2>/dev/null", dump_command(managed_paths(conf)),
+            f"systemctl is-active {ENGINE_UNIT} 2>/dev/null",
+            f"systemctl show -p LoadState -p ActiveState -p SubState {GUARD_UNIT} 2>/dev/null"]
+
+
 def doctor_findings(ctx: Any, conf: CaiConfig, target: str, platform: str) -> list[Any]:
     """Doctor checks: ``units.drift`` (warning, with the diff), ``engine.unit-inactive`` and
     ``guard.unit-inactive`` (errors).
@@ -353,7 +361,8 @@ def doctor_findings(ctx: Any, conf: CaiConfig, target: str, platform: str) -> li
     from ops.findings import Finding
     from ops.targets import run
 
-    code, out, _err = run(ctx, "cat /proc/1/comm 2>/dev/null")
+    pid1, _dump, engine_active, guard_show = doctor_commands(conf)
+    code, out, _err = run(ctx, pid1)
     if out.strip() != "systemd":
         return []
     findings: list[Finding] = []
@@ -370,7 +379,7 @@ def doctor_findings(ctx: Any, conf: CaiConfig, target: str, platform: str) -> li
             "run `inv update` to install the rendered units (review them with `inv units.render`)",
             platform, {"path": d.path, "kind": d.kind, "missing": d.missing, "diff": d.diff},
         ))
-    _c, active, _e = run(ctx, f"systemctl is-active {ENGINE_UNIT} 2>/dev/null")
+    _c, active, _e = run(ctx, engine_active)
     state = active.strip() or "unknown"
     if state != "active":
         findings.append(Finding(
@@ -378,7 +387,7 @@ def doctor_findings(ctx: Any, conf: CaiConfig, target: str, platform: str) -> li
             f"start it with `sudo systemctl start {ENGINE_UNIT}`; see `journalctl -u {ENGINE_UNIT}`",
             platform, {"unit": ENGINE_UNIT, "state": state},
         ))
-    _c, shown, _e = run(ctx, f"systemctl show -p LoadState -p ActiveState -p SubState {GUARD_UNIT} 2>/dev/null")
+    _c, shown, _e = run(ctx, guard_show)
     guard = guard_finding(parse_unit_show(shown), engine_active=state == "active")
     if guard is not None:
         message, data = guard

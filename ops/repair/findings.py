@@ -1,18 +1,21 @@
-"""Doctor checks of this package: ownership damage per managed volume (bounded) and rootfs taint."""
+"""Doctor checks of this package: ownership damage per managed volume (bounded) and rootfs taint.
+
+The walk and the volume scope are imported only when a volume is walked (doctor imports this module
+for every target, most of which have nothing to walk from here).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+from typing import TYPE_CHECKING
 
 from ops.config import CaiConfig
-from ops.engine import Engine
 from ops.errors import OpsError
 from ops.findings import Finding
-from ops.repair.core import data_root_visible, in_container
-from ops.repair.scope import managed_volumes, open_data_root, open_volume
-from ops.repair.taint import taint_findings
-from ops.repair.walk import WalkOptions, show_path, walk
+
+if TYPE_CHECKING:
+    from ops.engine import Engine
 
 #: Detection budget per volume: stop at the first damaged entries, or after this many entries/seconds.
 DETECT_MAX_DAMAGED = 20
@@ -34,6 +37,8 @@ def ownership_findings(engine: Engine, conf: CaiConfig, target: str, platform: s
             "volume ownership is checked on the engine host itself",
             "run inv doctor on the engine host (inside the Lima VM on macOS)",
         )]
+    from ops.repair.core import data_root_visible, in_container
+
     if not data_root_visible(conf.data_root):
         why = "inside a container" if in_container() else "not readable (run as root)"
         return [_finding(
@@ -41,6 +46,9 @@ def ownership_findings(engine: Engine, conf: CaiConfig, target: str, platform: s
             f"volume ownership not checked: {conf.data_root}/volumes is {why}",
             "run inv doctor as root on the engine host",
         )]
+    from ops.repair.scope import managed_volumes, open_data_root, open_volume
+    from ops.repair.walk import WalkOptions, show_path, walk
+
     volumes, warnings = managed_volumes(engine, engine.managed())
     out = [_finding("ownership.volume_skipped", "info", target, platform, w) for w in warnings]
     try:
@@ -85,6 +93,8 @@ def ownership_findings(engine: Engine, conf: CaiConfig, target: str, platform: s
 
 def doctor_findings(engine: Engine, conf: CaiConfig, target: str, platform: str) -> list[Finding]:
     """Ownership damage per managed volume (bounded detection) and rootfs taint per managed container."""
+    from ops.repair.taint import taint_findings
+
     out = ownership_findings(engine, conf, target, platform)
     out.extend(taint_findings(engine, engine.managed(), target, platform))
     return out

@@ -225,17 +225,14 @@ class Volume:
 
 
 def managed_volumes(engine: Engine, containers: Iterable[ManagedContainer]) -> tuple[list[Volume], list[str]]:
-    """Named volumes of the given managed containers; and warnings about names refused."""
+    """Named volumes of the given managed containers (their mounts as the engine listed them); and
+    warnings about names refused."""
     users: dict[str, list[str]] = {}
     warnings: list[str] = []
     for c in containers:
         if not c.managed:
             continue
-        try:
-            attrs = engine.inspect(c.name)
-        except Exception as exc:
-            raise EngineError(f"cannot inspect {c.name!r} ({exc})") from None
-        for name in volume_names(attrs):
+        for name in c.volumes:
             if not valid_volume_name(name):
                 warnings.append(f"volume name {name!r} of {c.name} is not a plain name; skipped")
                 continue

@@ -1,16 +1,19 @@
 """Rootfs taint: ``/usr/bin/sudo`` in a container not owned by 0:0. The remedy is recreation.
 
-A running container is asked through exec (``stat``), a stopped one through the archive API (the tar
-header of the file), so checking never starts a container. A rootfs is never chowned.
+Every container, running or stopped, is asked through the archive API: one ``GET
+/containers/<id>/archive?path=/usr/bin/sudo`` of which only the tar header is read (owner, group),
+never the file. Nothing runs in the container and checking never starts one. A rootfs is never chowned.
 """
 
 from __future__ import annotations
 
+import tarfile
+import urllib.parse
 from dataclasses import dataclass
+from typing import Any
 
 from ops.engine import Engine, ManagedContainer
 from ops.findings import Finding
-from ops.repair.scope import archive_bytes, exec_output, tar_member
 
 SUDO = "/usr/bin/sudo"
 
@@ -38,25 +41,32 @@ def parse_stat_owner(text: str) -> tuple[int, int] | None:
     return None
 
 
+def archive_header(engine: Engine, container_id: str, path: str, timeout: int = 20) -> tarfile.TarInfo | None:
+    """The tar header of ``path`` in a container (running or stopped) through the archive API, without
+    reading the file's content; None when the path does not exist."""
+    api = engine.client.api
+    url = f"{api.base_url}/v{api.api_version}/containers/{urllib.parse.quote(container_id, safe='')}/archive"
+    with api.get(url, params={"path": path}, stream=True, timeout=timeout,
+                 headers={"Accept-Encoding": "identity"}) as response:
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return first_member(response.raw)
+
+
+def first_member(stream: Any) -> tarfile.TarInfo | None:
+    """Pure: the first member of a tar stream, reading its header blocks only (PAX/GNU extended
+    headers included), never its data."""
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        return tar.next()
+
+
 def sudo_owner(engine: Engine, container: ManagedContainer) -> SudoOwner | None:
     """The owner of /usr/bin/sudo in a container; None when there is no sudo or it cannot be read."""
-    if container.running:
-        try:
-            code, out = exec_output(engine, container.id, ["stat", "-c", "%u:%g", SUDO])
-        except Exception:
-            code, out = 1, ""
-        parsed = parse_stat_owner(out) if code == 0 else None
-        if parsed is not None:
-            return SudoOwner(container.name, parsed[0], parsed[1], "exec")
-        if code == 0:
-            return None
     try:
-        data = archive_bytes(engine, container.id, SUDO)
+        member = archive_header(engine, container.id, SUDO)
     except Exception:
         return None
-    if data is None:
-        return None
-    member = tar_member(data, "sudo")
     if member is None:
         return None
     return SudoOwner(container.name, member.uid, member.gid, "archive")
@@ -84,7 +94,7 @@ def taint_finding(owner: SudoOwner, target: str, platform: str) -> Finding:
 def taint_findings(engine: Engine, containers: list[ManagedContainer], target: str, platform: str) -> list[Finding]:
     """A ``rootfs.tainted`` finding for every managed container whose sudo is not 0:0.
 
-    Containers are asked in parallel (one exec or archive request each), in a stable order.
+    Containers are asked in parallel (one archive request each, its tar header read), in a stable order.
     """
     from concurrent.futures import ThreadPoolExecutor
 

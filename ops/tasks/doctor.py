@@ -155,7 +155,13 @@ def ssh_fixes(findings: list[Any], conf: Any, dry_run: bool, capture: bool) -> l
 
 
 def render_text(reports: list[Any]) -> None:
-    """Render findings as a rich table per target (plain text when piped)."""
+    """Render findings as a rich table per target on a terminal; as plain aligned text when piped."""
+    errors = sum(f.severity == "error" for r in reports for f in r.findings)
+    warnings = sum(f.severity == "warning" for r in reports for f in r.findings)
+    if not sys.stdout.isatty():
+        print(plain_text(reports), end="")
+        print(f"{errors} error(s), {warnings} warning(s)")
+        return
     from rich.console import Console
     from rich.table import Table
 
@@ -171,6 +177,20 @@ def render_text(reports: list[Any]) -> None:
         for f in report.findings:
             table.add_row(f"[{styles[f.severity]}]{f.severity}[/]", f.code, f.message, f.hint)
         console.print(table)
-    errors = sum(f.severity == "error" for r in reports for f in r.findings)
-    warnings = sum(f.severity == "warning" for r in reports for f in r.findings)
     console.print(f"{errors} error(s), {warnings} warning(s)")
+
+
+def plain_text(reports: list[Any]) -> str:
+    """Pure: the findings as text for a pipe or a log: per target a title line ``<target> (<platform>)``,
+    then one line per finding (severity and code in aligned columns, then the message), its hint on the
+    next line."""
+    lines: list[str] = []
+    for report in reports:
+        lines.append(f"{report.target} ({report.platform or 'unreachable'})")
+        width = max((len(f.code) for f in report.findings), default=0)
+        for f in report.findings:
+            lines.append(f"  {f.severity:<7}  {f.code:<{width}}  {f.message}")
+            if f.hint:
+                lines.append(f"  {'':<7}  {'':<{width}}  hint: {f.hint}")
+        lines.append("")
+    return "\n".join(lines) + ("\n" if lines else "")

@@ -543,7 +543,8 @@ def test_doctor_findings_damage_and_taint(lab: Lab) -> None:
         assert damaged[0].hint.startswith(f"inv repair --container {lab.name('agent')}")
         tainted = [f for f in found if f.code == "rootfs.tainted"]
         assert [f.data["container"] for f in tainted] == [lab.name("agent")]
-        assert tainted[0].data["source"] == "exec" and "cai run --fresh" in tainted[0].hint
+        # read through the archive API (the tar header only), running or stopped: nothing runs in it
+        assert tainted[0].data["source"] == "archive" and "cai run --fresh" in tainted[0].hint
         c.stop(timeout=1)
         clean.stop(timeout=1)
         found = doctor_findings(engine, conf, "local", "linux")
