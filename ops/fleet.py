@@ -118,15 +118,13 @@ def host_identity(text: str, conf: Any) -> str:
     import os
 
     from ops.errors import TargetError
-    from ops.targets import host_ssh_config, lima_alias, lima_ssh_config, parse_target
+    from ops.targets import effective_target, host_ssh_config, lima_alias, lima_ssh_config, parse_target
 
     try:
-        target = parse_target(text, conf.lima_vm)
+        target = effective_target(parse_target(text, conf.lima_vm), conf)
     except TargetError:
         return f"unparsed:{text}"
-    if target.kind == "local":
-        if conf.platform == "macos" or (not conf.platform and os.uname().sysname == "Darwin"):
-            return host_identity(f"lima:{conf.lima_vm}", conf)
+    if not target.remote:
         return "local"
     try:
         if target.kind == "lima":

@@ -42,7 +42,7 @@ class Target:
     @property
     def name(self) -> str:
         """The target as a user writes it."""
-        if self.kind == "local":
+        if not self.remote:
             return "local"
         if self.kind == "lima":
             return f"lima:{self.vm}"
@@ -359,14 +359,11 @@ def resolve(text: str, conf: CaiConfig, base: Any = None, prefetch: Sequence[str
     ``prefetch``: probe commands run in the same round trip as the platform probe; the Resolved's
     Context answers them from that output (:func:`ops.facts.batched`).
     """
-    target = parse_target(text, conf.lima_vm)
-    if target.kind == "local":
+    target = effective_target(parse_target(text, conf.lima_vm), conf)
+    if not target.remote:
         local_ctx = _prefetching(make_context(target, conf, base), prefetch)
-        if conf.platform == "macos" or (not conf.platform and os.uname().sysname == "Darwin"):
-            target = Target("lima", vm=conf.lima_vm)
-        else:
-            facts = probe_host(local_ctx)
-            return Resolved(target, local_ctx, platform_of(facts, conf.platform), facts)
+        facts = probe_host(local_ctx)
+        return Resolved(target, local_ctx, platform_of(facts, conf.platform), facts)
     ctx = _prefetching(make_context(target, conf, base), prefetch)
     if target.kind == "lima":
         try:
@@ -416,6 +413,15 @@ def ssh_base_args(target: Target, conf: CaiConfig) -> list[str]:
     raise TargetError("the local target needs no SSH")
 
 
+def command_argv(target: Target, conf: CaiConfig, command: str, ssh_options: tuple[str, ...] = ()) -> list[str]:
+    """The argv of a process that runs a shell ``command`` on the target: ``sh -c`` locally, else
+    ``ssh`` reaching the host as the engine tunnel does (``ssh_options`` go before the destination)."""
+    if not target.remote:
+        return ["sh", "-c", command]
+    base = ssh_base_args(target, conf)
+    return [base[0], *ssh_options, *base[1:], command]
+
+
 @contextlib.contextmanager
 def engine_host(target: Target, conf: CaiConfig) -> Iterator[str]:
     """A docker host URL for the target's engine: the socket itself locally, an SSH-forwarded socket
@@ -424,7 +430,7 @@ def engine_host(target: Target, conf: CaiConfig) -> Iterator[str]:
     The forwarding ``ssh`` writes its diagnostics to a file, never to a pipe nobody reads (a full pipe
     would stop it, and with it every request through the tunnel); the file is shown when it fails.
     """
-    if target.kind == "local":
+    if not target.remote:
         yield conf.docker_host
         return
     remote = socket_path(conf.docker_host)

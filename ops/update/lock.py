@@ -117,14 +117,11 @@ class HostLock:
 def holder_argv(target: Any, conf: CaiConfig, sudo: str, script: str) -> list[str]:
     """The command that runs the holder as root on the target: locally ``sh -c``, remotely through
     ``ssh`` exactly as the engine tunnel reaches the host (no connection sharing: its own session)."""
-    command = f"{sudo}sh -c {shlex.quote(script)}"
-    if target.kind == "local":
-        return ["sh", "-c", command]
-    from ops.targets import ssh_base_args
+    from ops.targets import command_argv
 
-    base = ssh_base_args(target, conf)
-    return [base[0], "-T", "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "ConnectTimeout=15",
-            "-o", "ServerAliveInterval=15", *base[1:], command]
+    return command_argv(target, conf, f"{sudo}sh -c {shlex.quote(script)}",
+                        ("-T", "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "ConnectTimeout=15",
+                         "-o", "ServerAliveInterval=15"))
 
 
 def acquire(target: Any, conf: CaiConfig, sudo: str, where: str) -> HostLock:
