@@ -105,3 +105,14 @@ def test_bad_flags(agent: Agent, args: list[str], needle: str) -> None:
 
 def test_no_container_flag_for_run(agent: Agent) -> None:
     one_line_error(agent.inv("shell.run", "--cmd", "true"), 1, "no container given", "--container")
+
+
+def test_port_held_by_another_container(agent_factory: AgentFactory) -> None:
+    """A stopped container whose port a running container now holds: that container is named, with the
+    ways out, and nothing is started."""
+    stopped = agent_factory(start=False)
+    holder = agent_factory(port=stopped.port)
+    proc = stopped.inv("shell.run", "--container", stopped.name, "--cmd", "true")
+    one_line_error(proc, 1, f"port {stopped.port} of stopped container {stopped.name!r} is held by running "
+                   f"container {holder.name!r}", f"docker stop {holder.name}", f"recreate {stopped.name}")
+    assert stopped.state() == "created"
