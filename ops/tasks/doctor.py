@@ -23,8 +23,8 @@ FIXABLE = ("ownership.damaged", "ssh.container-key-refused")
     iterable=["target"],
     help={
         "json": "print one JSON document ({\"schema\": 1, ...}) instead of a table; --fix results go inside it",
-        "fix": "apply safe fixes (ownership repair of all managed volumes) after checking, then check again "
-               "(local host only)",
+        "fix": "apply safe fixes (ownership repair of all managed volumes; the public key put back into a "
+               "container that refuses it) after checking, then check again (local host only)",
         "target": "target to check: local, lima:<vm> or ssh://user@host:port (repeatable)",
         "repair": "run the ownership repair instead of the checks (same as inv repair; default scope: all "
                   "managed containers; local host only)",
@@ -77,7 +77,9 @@ def doctor(
     fix_result: dict[str, Any] | None = None
     if fix:
         fixable = sorted({f.code for r in reports for f in r.findings if f.code in FIXABLE})
-        fix_result = apply_fixes(c, [f for f in fixable if f.startswith("ownership.")], dry_run, capture=json_)
+        ownership = [f for f in fixable if f.startswith("ownership.")]
+        # with only SSH fixes to do, the repair has nothing to run and nothing to say
+        fix_result = apply_fixes(c, ownership, dry_run, capture=json_ or (not ownership and bool(fixable)))
         fix_result["ssh"] = ssh_fixes([f for r in reports for f in r.findings], conf, dry_run, capture=json_)
         if fixable and not dry_run:  # apply, then check again: the findings are the state after the fix
             reports = run_doctor(targets, conf, c)
