@@ -156,7 +156,8 @@ def judge_client(r: Resolved, key: KeyFacts, known: KnownHostsFacts, version_tex
                       "StrictHostKeyChecking=accept-new", "upgrade the OpenSSH client",
                       version=f"{version[0]}.{version[1]}"))
     else:
-        out.append(_f(r, "ssh.client", "info", f"OpenSSH {version[0]}.{version[1]} ({version_text.splitlines()[0]})",
+        out.append(_f(r, "ssh.client-version", "info",
+                      f"OpenSSH {version[0]}.{version[1]} ({version_text.splitlines()[0]})",
                       version=f"{version[0]}.{version[1]}"))
     if not key.exists:
         out.append(_f(r, "ssh.key-missing", "warning", f"the SSH key {key.path} does not exist",
@@ -192,7 +193,7 @@ def judge_containers(r: Resolved, probes: Sequence[ContainerProbe], conf: CaiCon
             continue
         data = {"container": p.name, "port": p.port, "reason": p.kind, "detail": p.detail}
         if p.kind == "auth":
-            out.append(_f(r, KEY_REFUSED, "warning",
+            out.append(_f(r, "ssh.container-key-refused", "warning",
                           f"container {p.name} (port {p.port}) refuses the key {conf.ssh_key} for user "
                           f"{conf.ssh_user}", "inv doctor --fix puts the public key back into it", **data))
         elif p.kind in ("hostkey-changed", "hostkey"):

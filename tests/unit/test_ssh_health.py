@@ -55,7 +55,7 @@ def test_ssh_version_shapes(text: str, expected: tuple[int, int] | None) -> None
 
 def test_healthy_client_is_one_info() -> None:
     found = judge_client(R, GOOD_KEY, GOOD_KNOWN, VERSION)
-    assert codes(found) == ["ssh.client"] and found[0].severity == "info"
+    assert codes(found) == ["ssh.client-version"] and found[0].severity == "info"
     assert found[0].data == {"version": "9.2"}
 
 
@@ -73,17 +73,17 @@ def test_openssh_older_than_accept_new() -> None:
     (KeyFacts("/k", True, True, 0o400, False), "ssh.public-key-missing", "ssh-keygen -y -f /k > /k.pub"),
 ])
 def test_key_problems(key: KeyFacts, code: str, hint: str) -> None:
-    found = [f for f in judge_client(R, key, GOOD_KNOWN, VERSION) if f.code != "ssh.client"]
+    found = [f for f in judge_client(R, key, GOOD_KNOWN, VERSION) if f.code != "ssh.client-version"]
     assert codes(found) == [code] and found[0].severity == "warning"
     assert hint in found[0].hint
 
 
 def test_known_hosts_that_cannot_be_written() -> None:
     found = judge_client(R, GOOD_KEY, KnownHostsFacts("/ro/known_hosts", False, False), VERSION)
-    assert codes(found) == ["ssh.client", "ssh.known-hosts-unwritable"]
+    assert codes(found) == ["ssh.client-version", "ssh.known-hosts-unwritable"]
     assert "cannot be created" in found[1].message
     # a missing file whose folder lets ssh create it is fine
-    assert codes(judge_client(R, GOOD_KEY, KnownHostsFacts("/h/kh", False, True), VERSION)) == ["ssh.client"]
+    assert codes(judge_client(R, GOOD_KEY, KnownHostsFacts("/h/kh", False, True), VERSION)) == ["ssh.client-version"]
 
 
 def test_container_probes_are_judged_one_by_one() -> None:

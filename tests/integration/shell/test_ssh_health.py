@@ -50,7 +50,7 @@ def test_emptied_authorized_keys_is_warned_and_fixed(agent_factory: AgentFactory
     refused = found["ssh.container-key-refused"]
     assert refused["severity"] == "warning" and refused["data"]["container"] == broken.name, refused
     assert found["ssh.containers-reachable"]["data"]["containers"] == [healthy.name]
-    assert found["ssh.client"]["severity"] == "info"  # this machine's OpenSSH is new enough
+    assert found["ssh.client-version"]["severity"] == "info"  # this machine's OpenSSH is new enough
     assert broken.inv("shell.run", "--container", broken.name, "--cmd", "true").returncode == 3
 
     before = root_exec(healthy, "stat -c '%U %a %s' /home/agent/.ssh /home/agent/.ssh/authorized_keys")
