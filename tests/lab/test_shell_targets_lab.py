@@ -208,3 +208,33 @@ def test_unknown_container_on_a_target_is_named_there(sh_host: Any, client_key: 
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no container named 'sh-nope'") and "Traceback" not in result.stderr
+
+
+def test_doctor_fix_puts_the_key_back_into_a_container_in_the_vm(sh_host: Any, agent_on: Starter,
+                                                                client_key: Path, tmp_path: Path) -> None:
+    """From a Mac: a container in the VM whose authorized_keys was emptied is a doctor warning;
+    ``doctor --fix`` puts the key back through the VM's engine and tests again; ``shell.run`` works."""
+    import json
+
+    name, _ = agent_on(sh_host)
+    host_run(sh_host, f"{sh_host.docker} exec {name} sh -c ': > /home/agent/.ssh/authorized_keys'")
+    env = env_for(sh_host, client_key, tmp_path, INVOKE_CAI_PLATFORM="macos", INVOKE_CAI_LIMA_VM=sh_host.vm)
+
+    def ssh_codes(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {f["code"]: f for f in doc["findings"] if f["code"].startswith("ssh.container")}
+
+    result = inv("doctor", "--json", env=env, timeout=300)
+    refused = ssh_codes(json.loads(result.stdout))["ssh.container-key-refused"]
+    assert (refused["target"], refused["data"]["container"]) == (sh_host.target, name), refused
+    assert inv("shell.run", "--container", name, "--cmd", "true", env=env, timeout=180).returncode == 3
+
+    result = inv("doctor", "--json", "--fix", env=env, timeout=300)
+    doc = json.loads(result.stdout)
+    assert doc["fix"]["ssh"] == [f"{sh_host.target}: container {name}: put the public key back into "
+                                 "authorized_keys; SSH works again"], (doc["fix"], result.stderr[-600:])
+    assert "ssh.container-key-refused" not in ssh_codes(doc)
+    modes = host_run(sh_host, f"{sh_host.docker} exec {name} stat -c '%u %a' /home/agent/.ssh "
+                              "/home/agent/.ssh/authorized_keys")
+    assert modes.split("\n")[:2] == ["1000 700", "1000 600"]
+    run = inv("shell.run", "--container", name, "--cmd", "echo back-$((40+2))", env=env, timeout=180)
+    assert (run.returncode, run.stdout) == (0, "back-42\n"), run.stderr
