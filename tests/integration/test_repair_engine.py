@@ -600,10 +600,14 @@ def _task_in_syscall(root: int, nr: int) -> bool:
     return False
 
 
-def test_the_inode_checked_is_the_inode_changed_when_a_name_is_swapped(lab: Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("victim_links", [1, 2], ids=["one-name", "two-names"])
+def test_the_inode_checked_is_the_inode_changed_when_a_name_is_swapped(
+    lab: Lab, tmp_path: Path, victim_links: int
+) -> None:
     """The owner-change system call is held for 2 s by strace (the real syscall, in the real CLI);
     meanwhile a hard link of a root-owned 0600 file is renamed onto the damaged name. The file the walk
-    checked is the one that changes; the root-owned file stays root's."""
+    checked is the one that changes; the root-owned file stays root's. (A damaged file with two names
+    takes the walk's careful path for hard links, one name its batch path: both are held.)"""
     nr = FCHOWNAT_NR.get(os.uname().machine)
     assert nr is not None, f"no fchownat number known for {os.uname().machine}"
     vol = lab.name("swap")
@@ -616,6 +620,9 @@ def test_the_inode_checked_is_the_inode_changed_when_a_name_is_swapped(lab: Lab,
     victim = host / "victim"
     victim.write_text("agent data")
     os.chown(victim, NOBODY, NOBODY)
+    if victim_links == 2:
+        (host / "keep").mkdir()
+        os.link(victim, host / "keep" / "victim-too")
     victim_fd = os.open(victim, os.O_RDONLY)
     log = tmp_path / "strace.log"
     proc = subprocess.Popen(
