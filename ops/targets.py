@@ -17,13 +17,16 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from urllib.parse import urlparse
 
 import invoke
 
 from ops.config import CaiConfig
 from ops.errors import OpsError, TargetError
+
+if TYPE_CHECKING:
+    from fabric import Connection
 
 Kind = Literal["local", "lima", "ssh"]
 _VM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -119,15 +122,9 @@ class LocalContext(invoke.Context):
         _copy(remote, os.fspath(local) if local is not None else os.path.basename(remote), preserve_mode)
 
 
-class FileContext(Protocol):
-    """What code that copies files needs of a Context: ``run`` and ``put`` (a :class:`LocalContext`
-    or a ``fabric.Connection``; both are ``invoke.Context``)."""
-
-    def run(self, command: str, **kwargs: Any) -> Any:
-        """Run a command (``invoke.Context.run``)."""
-
-    def put(self, local: Any, remote: str | None = None, preserve_mode: bool = True) -> Any:
-        """Copy a local file to the host."""
+#: A Context that also copies files: the local :class:`LocalContext` or a ``fabric.Connection`` (both
+#: ``invoke.Context``).
+FileContext: TypeAlias = "LocalContext | Connection"
 
 
 def _copy(source: str, dest: str, preserve_mode: bool) -> None:
@@ -217,7 +214,7 @@ def host_key_policy(target: Target, conf: CaiConfig) -> Any:
     return host_key_policy_of(_connection(target, conf))
 
 
-def run(ctx: Any, command: str, timeout: int | None = 60) -> tuple[int, str, str]:
+def run(ctx: invoke.Context, command: str, timeout: int | None = 60) -> tuple[int, str, str]:
     """Run a probe on a target: never reads our stdin, never raises on a non-zero exit.
 
     Transport failures (host down, wrong key) become TargetError.
@@ -233,10 +230,12 @@ def run(ctx: Any, command: str, timeout: int | None = 60) -> tuple[int, str, str
             raise TargetError(f"command timed out on {describe(ctx)}: {command.split()[0]}") from None
         raise TargetError(f"cannot reach {describe(ctx)} ({_first_line(exc)})",
                           "check that the host is up and the SSH key is right") from None
+    if result is None:  # only a disowned run returns nothing; probes never disown
+        raise TargetError(f"no result from {describe(ctx)}: {command.split()[0]}")
     return int(result.exited), str(result.stdout), str(result.stderr)
 
 
-def describe(ctx: Any) -> str:
+def describe(ctx: invoke.Context) -> str:
     """A short name of a context for messages."""
     host = getattr(ctx, "original_host", None) or getattr(ctx, "host", None)
     return str(host) if host else "local host"
@@ -319,7 +318,7 @@ def parse_host_facts(text: str) -> HostFacts:
     )
 
 
-def probe_host(ctx: Any) -> HostFacts:
+def probe_host(ctx: invoke.Context) -> HostFacts:
     """Read HostFacts on a target."""
     code, out, err = run(ctx, PROBE)
     if code != 0 and not out:
