@@ -2,18 +2,24 @@
 
 How a container is reached:
 
-1. The container is looked up by name on ``cai.docker_host`` (it must carry ``cai.label``); its SSH port is
-   the ``containai.ssh-port`` label, published on 127.0.0.1.
-2. A stopped container is started, after checking that nothing else listens on its port; then sshd is
-   awaited with ``ssh-keyscan`` and a growing back-off, up to ``wait`` seconds.
-3. A pre-flight ``ssh ... true`` (BatchMode, stdin from /dev/null) proves that the transport works before
+1. The container is looked up by name on the target's engine (``cai.docker_host`` there, reached through
+   the same forwarded socket as doctor: ``ops.targets.engine_host``; it must carry ``cai.label``); its
+   SSH port is the ``containai.ssh-port`` label. On a Mac the local target is the Lima VM.
+2. ssh goes where the target makes that port reachable (:func:`route_of`): this machine's 127.0.0.1 for
+   the local engine and for a Lima VM (Lima forwards guest ports to the Mac's loopback), or through an
+   ``ssh://`` host as a jump (``ProxyCommand ssh ... -W 127.0.0.1:PORT``, with the host's own ssh config).
+3. A stopped container is started, after checking that no running container holds its port (and, for a
+   port on this machine, no process listens on it); then sshd is awaited with a growing back-off, up to
+   ``wait`` seconds.
+4. A pre-flight ``ssh ... true`` (BatchMode, stdin from /dev/null) proves that the transport works before
    any session that matters starts. A host key that changed (the container was recreated) is removed from
    the dedicated known_hosts file once, with a message, and the probe is retried once.
-4. Only then does the real session start, exactly once. Failures before it are ``SshTransportError``
+5. Only then does the real session start, exactly once. Failures before it are ``SshTransportError``
    (exit code 3); what happens after it is the remote command's business (its status is passed through).
 
-Every ssh invocation uses explicit options (``-F /dev/null``): the user's ``~/.ssh/config``, agent and
-global known_hosts are never consulted.
+Every ssh invocation into a container uses explicit options (``-F /dev/null``): the user's
+``~/.ssh/config``, agent and global known_hosts are never consulted for it (only the jump through an
+``ssh://`` host reads that host's ssh config, as every command reaching the host does).
 
 Remote programs are sent as one base64 blob that the remote side decodes and evaluates with bash, so no
 byte of a command, an argument or an environment value is ever parsed by the login shell; inside the
@@ -529,10 +535,6 @@ def endpoint(conf: CaiConfig, name: str, port: int, route: Route | None = None, 
     alias = f"[{route.alias_host}]:{port}" if route.jump and route.alias_host else ""
     return Endpoint(container=name, port=port, user=conf.ssh_user, key=key, known_hosts=known, host=route.host,
                     jump=route.jump, host_key_alias=alias, where=route.where)
-
-
-def _endpoint(conf: CaiConfig, name: str, port: int) -> Endpoint:
-    return endpoint(conf, name, port)
 
 
 def route_of(target: Target, conf: CaiConfig) -> Route:
