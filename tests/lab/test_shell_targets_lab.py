@@ -12,6 +12,7 @@ through the host as a jump. The container and its SSH key are set up as ContainA
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -187,6 +188,10 @@ def test_shell_on_an_ssh_target_through_a_jump(sh_host: Any, agent_on: Starter, 
     assert result.returncode == 7, result.stderr
     # the container's key is recorded under the target's name, not a bare 127.0.0.1 shared by every host
     assert f"[{sh_host.address}]:{port} " in (tmp_path / "known_hosts").read_text()
+    # doctor's connect test reaches it the same way, through the host
+    doctor = inv("doctor", "--json", "--target", target, env=env, timeout=300)
+    reachable = [f for f in json.loads(doctor.stdout)["findings"] if f["code"] == "ssh.containers-reachable"]
+    assert [f["data"]["containers"] for f in reachable] == [[name]], doctor.stderr[-600:]
 
     # a stopped container whose port another container now holds: that container and the way out
     host_run(sh_host, f"{sh_host.docker} stop -t 1 {name} >/dev/null")
@@ -214,8 +219,6 @@ def test_doctor_fix_puts_the_key_back_into_a_container_in_the_vm(sh_host: Any, a
                                                                 client_key: Path, tmp_path: Path) -> None:
     """From a Mac: a container in the VM whose authorized_keys was emptied is a doctor warning;
     ``doctor --fix`` puts the key back through the VM's engine and tests again; ``shell.run`` works."""
-    import json
-
     name, _ = agent_on(sh_host)
     host_run(sh_host, f"{sh_host.docker} exec {name} sh -c ': > /home/agent/.ssh/authorized_keys'")
     env = env_for(sh_host, client_key, tmp_path, INVOKE_CAI_PLATFORM="macos", INVOKE_CAI_LIMA_VM=sh_host.vm)
