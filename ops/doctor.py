@@ -7,6 +7,7 @@ finding, so one bad host never hides the others.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -189,8 +190,26 @@ def host_probes(conf: CaiConfig) -> list[str]:
             probes.unit_active_probe("sysbox.service"), *units.doctor_commands(conf)]
 
 
-def check_target(text: str, conf: CaiConfig, base: Any = None) -> TargetReport:
+def _warm_up(text: str, conf: CaiConfig, alone: bool) -> None:
+    """Import the modules of the checks, and the Docker SDK when the local engine socket answers (without
+    its SSH transport when this is the only target and it is local: nothing imports paramiko meanwhile)."""
+    from ops.engine import check_socket, import_docker
+    from ops.targets import on_macos, parse_target
+
+    _extra_checks()
+    try:
+        local = parse_target(text, conf.lima_vm).kind == "local" and not on_macos(conf)
+        if local:
+            check_socket(conf.docker_host)
+            import_docker(alone=alone)
+    except OpsError:
+        pass  # the checks tell it
+
+
+def check_target(text: str, conf: CaiConfig, base: Any = None, alone: bool = False) -> TargetReport:
     """Evaluate one target; unreachable targets become an error finding, not an exception.
+
+    ``alone``: this is the only target evaluated (nothing else runs meanwhile).
 
     One command on the target reads everything the checks need (:func:`host_probes`); the engine is
     asked for its version once and lists its containers once (:meth:`ops.engine.Engine.snapshot`).
@@ -198,11 +217,15 @@ def check_target(text: str, conf: CaiConfig, base: Any = None) -> TargetReport:
     from ops.engine import Engine
 
     report = TargetReport(target=text)
+    warm = threading.Thread(target=_warm_up, args=(text, conf, alone), daemon=True)
+    warm.start()  # imports what the checks need while the target runs the probe
     try:
         r = resolve(text, conf, base, prefetch=host_probes(conf))
     except OpsError as exc:
         report.findings.append(Finding("target.unreachable", "error", text, exc.message, exc.hint))
         return report
+    finally:
+        warm.join()
     report.target, report.platform, report.reachable = r.name, r.platform, True
     report.facts = {"kernel": r.facts.kernel, "arch": r.facts.arch, "distro": r.facts.distro}
     findings = report.findings
@@ -233,6 +256,6 @@ def check_target(text: str, conf: CaiConfig, base: Any = None) -> TargetReport:
 def run_doctor(targets: list[str], conf: CaiConfig, base: Any = None, parallel: int = 8) -> list[TargetReport]:
     """Evaluate every target, in parallel (bounded), in the order given."""
     if len(targets) == 1:
-        return [check_target(targets[0], conf, base)]
+        return [check_target(targets[0], conf, base, alone=True)]
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(targets)))) as pool:
         return list(pool.map(lambda t: check_target(t, conf, base), targets))

@@ -129,20 +129,21 @@ def check_socket(docker_host: str, timeout: float = 5.0) -> None:
 _IMPORT_LOCK = threading.Lock()
 
 
-def import_docker() -> Any:
+def import_docker(alone: bool = False) -> Any:
     """The ``docker`` package, imported without its SSH transport when nothing else needs paramiko.
 
     Every engine here is reached on a unix socket (a remote one through a forwarded socket), never
     through docker's own ``ssh://`` transport, whose import of paramiko (and its cryptography) costs
     more than the rest of the SDK. docker skips that transport when paramiko cannot be imported; paramiko
-    is hidden only while nothing else runs: on the main thread, with no other thread alive, and before
-    anything has imported it (Fabric imports it normally afterwards).
+    is hidden only before anything has imported it, and only while nothing else can import it: on the
+    main thread with no other thread alive, or when the caller says so (``alone``). Fabric imports it
+    normally afterwards.
     """
     with _IMPORT_LOCK:
         if "docker" in sys.modules:
             return sys.modules["docker"]
-        hide = ("paramiko" not in sys.modules and threading.current_thread() is threading.main_thread()
-                and threading.active_count() == 1)
+        hide = "paramiko" not in sys.modules and (alone or (
+            threading.current_thread() is threading.main_thread() and threading.active_count() == 1))
         if hide:
             sys.modules["paramiko"] = None  # type: ignore[assignment]
         try:
