@@ -27,7 +27,20 @@ from ops.repair.scope import (
     volume_path,
 )
 from ops.repair.taint import SudoOwner, parse_stat_owner, taint_finding
-from ops.repair.walk import NOBODY, new_owner, show_path
+from ops.repair.walk import (
+    NOBODY,
+    REPAIRED,
+    SKIP_CHANGED,
+    SKIP_ERROR,
+    SKIP_HARDLINK,
+    SKIP_NO_LONGER,
+    WalkStats,
+    _c_id,
+    _merge,
+    new_owner,
+    parse_mnt_id,
+    show_path,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -179,3 +192,43 @@ def test_taint_finding() -> None:
     f = taint_finding(owner, "local", "linux")
     assert owner.tainted and f.code == "rootfs.tainted" and f.severity == "warning"
     assert "cai run --fresh" in f.hint and "never chown" in f.hint
+
+
+def test_mount_id_from_fdinfo() -> None:
+    assert parse_mnt_id(b"pos:\t0\nflags:\t02400000\nmnt_id:\t27\nino:\t2146673\n") == 27
+    assert parse_mnt_id(b"pos:\t0\nflags:\t0100000\nmnt_id:\t1234") == 1234
+    with pytest.raises(OSError, match="mnt_id"):
+        parse_mnt_id(b"pos:\t0\nflags:\t02400000\n")
+
+
+def test_ids_as_c_ints() -> None:
+    assert [_c_id(v) for v in (-1, 0, 1000, 2**31 - 1, 2**31, 2**32 - 2)] == [-1, 0, 1000, 2**31 - 1, -(2**31), -2]
+
+
+def test_a_hard_link_counted_by_two_workers_counts_once() -> None:
+    total, seen = WalkStats(), dict[tuple[int, int], str]()
+    one = WalkStats(scanned=10, damaged=2, repaired=2)
+    two = WalkStats(scanned=5, damaged=2, repaired=1)
+    two.skipped[SKIP_NO_LONGER] = 1
+    _merge(total, seen, one, {(1, 7): REPAIRED}, 5)
+    _merge(total, seen, two, {(1, 7): SKIP_NO_LONGER, (1, 8): REPAIRED}, 5)
+    assert (total.scanned, total.damaged, total.repaired) == (15, 3, 3)
+    assert +total.skipped == {SKIP_HARDLINK: 1}
+
+
+def _result(owner: Owner | None, stats: WalkStats | None, error: str = "",
+            skipped_reason: str = "") -> core.VolumeResult:
+    plan = core.VolumePlan("v", ("c",), "/d/volumes/v/_data", owner, "" if owner else "why")
+    return core.VolumeResult(plan, stats, error, False, skipped_reason)
+
+
+def test_damage_left_is_a_failure() -> None:
+    a = Owner(1000, 1000, "id agent")
+    assert not _result(a, WalkStats(damaged=3, repaired=3)).failed
+    changed, errored = WalkStats(), WalkStats()
+    changed.skipped[SKIP_CHANGED] = 1
+    errored.skipped[SKIP_ERROR] = 1
+    assert _result(a, changed).failed and _result(a, errored).failed
+    assert _result(None, None).failed, "a skipped volume is damage that may remain"
+    assert _result(a, None, skipped_reason="its _data is a mount point").failed
+    assert _result(a, None, error="walk failed: x").failed
