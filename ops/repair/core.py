@@ -26,6 +26,8 @@ from ops.repair.scope import (
     volume_path,
 )
 from ops.repair.walk import WalkOptions, WalkStats, walk
+from ops.repair.where import data_root_visible as data_root_visible  # re-exported: callers use core.*
+from ops.repair.where import in_container as in_container
 
 MACOS_MESSAGE = "Volume repair is not supported on macOS (volumes live inside the Lima VM)"
 CONTAINER_MESSAGE = (
@@ -35,23 +37,6 @@ CONTAINER_MESSAGE = (
 
 
 # --- where we run ---------------------------------------------------------------------------------
-
-def in_container() -> bool:
-    """True inside a container: ``/.dockerenv`` exists or PID 1's environment has ``container=``."""
-    if os.path.exists("/.dockerenv"):
-        return True
-    try:
-        with open("/proc/1/environ", "rb") as fh:
-            return b"container=" in fh.read()
-    except OSError:
-        return False
-
-
-def data_root_visible(data_root: str) -> bool:
-    """True when ``<data_root>/volumes`` is a directory this process can list."""
-    path = os.path.join(data_root, "volumes")
-    return os.path.isdir(path) and os.access(path, os.R_OK | os.X_OK)
-
 
 def unsupported_message(platform: str, sysname: str, inside_container: bool, root_visible: bool) -> str:
     """Pure: the "not supported here" message, or '' when repair can run.

@@ -37,7 +37,7 @@ def ownership_findings(engine: Engine, conf: CaiConfig, target: str, platform: s
             "volume ownership is checked on the engine host itself",
             "run inv doctor on the engine host (inside the Lima VM on macOS)",
         )]
-    from ops.repair.core import data_root_visible, in_container
+    from ops.repair.where import data_root_visible, in_container
 
     if not data_root_visible(conf.data_root):
         why = "inside a container" if in_container() else "not readable (run as root)"

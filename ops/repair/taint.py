@@ -7,6 +7,7 @@ never the file. Nothing runs in the container and checking never starts one. A r
 
 from __future__ import annotations
 
+import os
 import tarfile
 import urllib.parse
 from dataclasses import dataclass
@@ -100,6 +101,7 @@ def taint_findings(engine: Engine, containers: list[ManagedContainer], target: s
 
     if not containers:
         return []
-    with ThreadPoolExecutor(max_workers=min(16, len(containers))) as pool:
+    # the engine serves these from its own threads: a few requests at a time per core keep it busy
+    with ThreadPoolExecutor(max_workers=min(16, 2 * (os.cpu_count() or 1), len(containers))) as pool:
         owners = list(pool.map(lambda c: sudo_owner(engine, c), containers))
     return [taint_finding(o, target, platform) for o in owners if o is not None and o.tainted]
