@@ -84,3 +84,80 @@ def test_fleet_serial_stops_at_first_failure() -> None:
 def test_fleet_refusal_only_exits_2() -> None:
     assert fleet_exit_code(run_fleet(["a", "refuses"], op)) == 2
     assert fleet_exit_code(run_fleet(["a", "b"], op)) == 0
+
+
+# --- one round trip, one listing, one tar header -----------------------------------------------------
+
+def _as_printed(outputs: list[tuple[int, str]], token: str) -> str:
+    """What ``batch_script`` prints for these (exit status, stdout) answers (the shell's own output)."""
+    return "".join(f"@@CAI-PROBE {token} {i}\n{out}\n@@CAI-RC {token} {i} {code}\n"
+                   for i, (code, out) in enumerate(outputs))
+
+
+def test_batch_answers_come_back_exactly() -> None:
+    from ops.facts import parse_batch
+
+    outputs = [(0, "a\nb\n"), (0, "no newline"), (3, ""), (0, "\n\nx"), (0, "tail\n\n"),
+               (0, "@@CAI-RC other 5 0\n@@CAI-PROBE other 1\n"), (1, "@@CAI-RC tok 9 0\n")]
+    assert parse_batch(_as_printed(outputs, "tok"), "tok", len(outputs)) == dict(enumerate(outputs))
+
+
+def test_batch_cut_short_leaves_the_rest_out() -> None:
+    """A script that died half way: the answers it printed are kept, the others are run on their own."""
+    from ops.facts import parse_batch
+
+    text = _as_printed([(0, "one\n"), (0, "two\n")], "tok") + "@@CAI-PROBE tok 2\npartial"
+    assert parse_batch(text, "tok", 3) == {0: (0, "one\n"), 1: (0, "two\n")}
+    assert parse_batch(text, "another", 3) == {}
+
+
+def test_batch_script_holds_every_command_once() -> None:
+    from ops.facts import batch_script
+
+    script = batch_script(["echo a", "exit 3"], "tok")
+    assert script.count("@@CAI-PROBE tok 0") == 1 and script.count("@@CAI-RC tok 1 %s") == 1
+    assert "(\necho a\n)" in script and "(\nexit 3\n)" in script
+
+
+def test_container_from_a_listing_entry() -> None:
+    """One entry of GET /containers/json (API 1.41), a legacy link naming it a second time."""
+    from ops.engine import container_from_summary
+
+    entry = {
+        "Id": "4f0c" * 16, "Names": ["/web/agent", "/agent-1"], "Image": "containai/agent:latest",
+        "State": "exited", "Status": "Exited (0) 2 hours ago",
+        "Labels": {"containai.managed": "true", "containai.ssh-port": "2301"},
+        "Mounts": [{"Type": "volume", "Name": "agent-1-data", "Source": "/var/lib/containai-docker/volumes/"
+                    "agent-1-data/_data", "Destination": "/mnt/agent-data", "Driver": "local", "RW": True},
+                   {"Type": "bind", "Source": "/home/u/src", "Destination": "/home/agent/workspace", "RW": True}],
+    }
+    c = container_from_summary(entry, "containai.managed=true")
+    assert (c.name, c.state, c.running, c.managed, c.ssh_port) == ("agent-1", "exited", False, True, 2301)
+    assert c.volumes == ("agent-1-data",) and c.image == "containai/agent:latest"
+    assert not container_from_summary({**entry, "Labels": {}}, "containai.managed=true").managed
+
+
+def test_tar_header_only_even_behind_a_pax_header() -> None:
+    """The archive API's tar of /usr/bin/sudo: the owner is read from the header (PAX records included),
+    and the rest of the file is never read (one buffer of the stream may hold its first bytes)."""
+    import io
+    import tarfile
+
+    from ops.repair.taint import first_member
+
+    class HeaderOnly(io.BytesIO):
+        """Fails a read that starts past the header blocks."""
+
+        def read(self, size: int | None = -1) -> bytes:
+            if self.tell() >= 3 * 512:
+                raise AssertionError("read into the file's content")
+            return super().read(size)
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("sudo")
+        info.size, info.uid, info.gid, info.mode = 512 * 40, 65534, 65534, 0o4755
+        info.pax_headers = {"SCHILY.xattr.security.capability": "x"}
+        tar.addfile(info, io.BytesIO(b"\0" * info.size))
+    member = first_member(HeaderOnly(raw.getvalue()))
+    assert member is not None and (member.name, member.uid, member.gid) == ("sudo", 65534, 65534)
