@@ -76,8 +76,9 @@ def _kernel_major_minor(kernel: str) -> tuple[int, int] | None:
         return None
 
 
-def version_findings(r: Resolved, conf: CaiConfig) -> list[Finding]:
-    """Sysbox and dockerd bundle: installed (read on the target) vs bundled."""
+def version_findings(r: Resolved, conf: CaiConfig, layout: Any = None) -> list[Finding]:
+    """Sysbox and dockerd bundle: installed (read on the target) vs bundled. The dockerd bundle only
+    where the host layout runs it (not in the macOS VM, whose engine is docker.service)."""
     out: list[Finding] = []
     sysbox = probes.sysbox_installed(r.ctx)
     try:
@@ -86,6 +87,8 @@ def version_findings(r: Resolved, conf: CaiConfig) -> list[Finding]:
         bundled, deb = None, None
         out.append(_f(r, "sysbox.bundle-unreadable", "warning", exc.message, exc.hint))
     out.append(_component(r, "sysbox", "Sysbox", sysbox, bundled, str(deb or "")))
+    if layout is not None and not layout.uses_bundle:
+        return out
     dockerd = probes.bundle_installed(r.ctx, conf.opt_dir)
     try:
         bundled_d, tarball = probes.bundled_dockerd(conf.bundle_dir)
@@ -165,12 +168,13 @@ def engine_findings(r: Resolved, engine: Any, error: OpsError | None) -> list[Fi
     return out
 
 
-def _extra_checks() -> list[Check]:
-    """Checks contributed by the feature modules: units (drift, engine unit) and ownership/taint."""
+def _extra_checks(layout: Any = None) -> list[Check]:
+    """Checks contributed by the feature modules: units (drift, engine and guard units, of the host
+    layout) and ownership/taint."""
     from ops import repair, ssh_health, units
 
     def unit_checks(r: Resolved, engine: Any, conf: CaiConfig) -> list[Finding]:
-        return units.doctor_findings(r.ctx, conf, r.name, r.platform)
+        return units.doctor_findings(r.ctx, conf, r.name, r.platform, layout)
 
     def ownership(r: Resolved, engine: Any, conf: CaiConfig) -> list[Finding]:
         if engine is None:
@@ -184,8 +188,10 @@ def host_probes(conf: CaiConfig) -> list[str]:
     """Every command the checks run on a target, so that they all run in one round trip with the
     platform probe (a check whose command is not listed here still works: it runs on its own)."""
     from ops import units
+    from ops.layout import probe_command
 
-    return [probes.SYSBOX_PROBE, probes.bundle_probe(conf.opt_dir), probes.has_command_probe("fusermount3"),
+    return [probe_command(conf.label),
+            probes.SYSBOX_PROBE, probes.bundle_probe(conf.opt_dir), probes.has_command_probe("fusermount3"),
             probes.dpkg_probe("fuse"), probes.APPARMOR_PROBE, probes.has_command_probe("sysbox-runc"),
             probes.unit_active_probe("sysbox.service"), *units.doctor_commands(conf)]
 
@@ -204,6 +210,18 @@ def _warm_up(text: str, conf: CaiConfig, alone: bool) -> None:
             import_docker(alone=alone)
     except OpsError:
         pass  # the checks tell it
+
+
+def layout_findings(r: Resolved, conf: CaiConfig) -> tuple[Any, list[Finding]]:
+    """The target's host layout (None when it matches none, or both) and its findings."""
+    from ops import layout as lay
+
+    try:
+        facts = lay.read_facts(r.ctx, conf, r.name)
+        layout = lay.decide(facts, r.name, conf.layout)
+    except lay.LayoutError as exc:
+        return None, [lay.layout_error_finding(exc, r.name, r.platform)]
+    return layout, lay.findings(layout, facts, r.name, r.platform)
 
 
 def check_target(text: str, conf: CaiConfig, base: Any = None, alone: bool = False) -> TargetReport:
@@ -231,7 +249,14 @@ def check_target(text: str, conf: CaiConfig, base: Any = None, alone: bool = Fal
     findings = report.findings
     try:
         findings += platform_findings(r)
-        findings += version_findings(r, conf)
+        layout, found = layout_findings(r, conf)
+        findings += found
+        if layout is not None:  # the engine, socket and data root of the layout
+            from ops.layout import conf_for
+
+            conf = conf_for(conf, layout)
+            report.facts["layout"] = layout.name
+        findings += version_findings(r, conf, layout)
         findings += host_readiness_findings(r)
         with engine_host(r.target, conf) as docker_host:
             engine, error = None, None
@@ -243,7 +268,7 @@ def check_target(text: str, conf: CaiConfig, base: Any = None, alone: bool = Fal
                 if engine is not None:
                     engine.snapshot()  # every check below reads this one listing
                 findings += engine_findings(r, engine, error)
-                for check in _extra_checks():
+                for check in _extra_checks(layout):
                     findings += check(r, engine, conf)
             finally:
                 if engine is not None:

@@ -305,10 +305,10 @@ def detect_drift(rendered: list[RenderedFile], installed: dict[str, str | None])
     return drifts
 
 
-def drift_on(ctx: Any, conf: CaiConfig) -> tuple[list[RenderedFile], list[Drift]]:
-    """Render for a target (merging its daemon.json) and compare with what it has installed."""
-    installed = read_installed(ctx, managed_paths(conf))
-    rendered = render(conf, installed.get(DAEMON_JSON))
+def drift_on(ctx: Any, conf: CaiConfig, layout: Layout | None = None) -> tuple[list[RenderedFile], list[Drift]]:
+    """Render for a target (of ``layout``; merging its daemon.json) and compare with what it has installed."""
+    installed = read_installed(ctx, managed_paths(conf, layout))
+    rendered = render(conf, installed.get(DAEMON_JSON), layout=layout)
     return rendered, detect_drift(rendered, installed)
 
 
@@ -344,15 +344,17 @@ def install(host: Any, files: list[RenderedFile], enable: bool = True) -> None:
 
 # --- doctor -----------------------------------------------------------------------------------------
 
-def doctor_commands(conf: CaiConfig) -> list[str]:
+def doctor_commands(conf: CaiConfig, layout: Layout | None = None) -> list[str]:
     """The probes :func:`doctor_findings` runs (so a caller can run them in one round trip first):
-    PID 1's name, the installed files, the engine unit's and the guard unit's states."""
-    return ["cat /proc/1/comm 2>/dev/null", dump_command(managed_paths(conf)),
-            f"systemctl is-active {ENGINE_UNIT} 2>/dev/null",
+    PID 1's name, the installed files, the engine unit's and the guard unit's states (of ``layout``)."""
+    engine = layout.engine_unit if is_vm(layout) and layout is not None else ENGINE_UNIT
+    return ["cat /proc/1/comm 2>/dev/null", dump_command(managed_paths(conf, layout)),
+            f"systemctl is-active {engine} 2>/dev/null",
             f"systemctl show -p LoadState -p ActiveState -p SubState {GUARD_UNIT} 2>/dev/null"]
 
 
-def doctor_findings(ctx: Any, conf: CaiConfig, target: str, platform: str) -> list[Any]:
+def doctor_findings(ctx: Any, conf: CaiConfig, target: str, platform: str,
+                    layout: Layout | None = None) -> list[Any]:
     """Doctor checks: ``units.drift`` (warning, with the diff), ``engine.unit-inactive`` and
     ``guard.unit-inactive`` (errors).
 
@@ -361,13 +363,14 @@ def doctor_findings(ctx: Any, conf: CaiConfig, target: str, platform: str) -> li
     from ops.findings import Finding
     from ops.targets import run
 
-    pid1, _dump, engine_active, guard_show = doctor_commands(conf)
+    pid1, _dump, engine_active, guard_show = doctor_commands(conf, layout)
+    engine_unit = layout.engine_unit if is_vm(layout) and layout is not None else ENGINE_UNIT
     code, out, _err = run(ctx, pid1)
     if out.strip() != "systemd":
         return []
     findings: list[Finding] = []
     try:
-        _rendered, drifts = drift_on(ctx, conf)
+        _rendered, drifts = drift_on(ctx, conf, layout)
     except OpsError as exc:
         findings.append(Finding("units.drift", "warning", target, f"cannot compare the units: {exc.message}",
                                 exc.hint, platform))
@@ -383,9 +386,9 @@ def doctor_findings(ctx: Any, conf: CaiConfig, target: str, platform: str) -> li
     state = active.strip() or "unknown"
     if state != "active":
         findings.append(Finding(
-            "engine.unit-inactive", "error", target, f"{ENGINE_UNIT} is {state}",
-            f"start it with `sudo systemctl start {ENGINE_UNIT}`; see `journalctl -u {ENGINE_UNIT}`",
-            platform, {"unit": ENGINE_UNIT, "state": state},
+            "engine.unit-inactive", "error", target, f"{engine_unit} is {state}",
+            f"start it with `sudo systemctl start {engine_unit}`; see `journalctl -u {engine_unit}`",
+            platform, {"unit": engine_unit, "state": state},
         ))
     _c, shown, _e = run(ctx, guard_show)
     guard = guard_finding(parse_unit_show(shown), engine_active=state == "active")

@@ -131,3 +131,45 @@ def test_without_the_bridge_step_the_reboot_fails(lab_host: Any, lab_engine: str
         time.sleep(1)
     assert BRIDGE_MISSING in journal, journal[-1500:]
     assert sh(host, "systemctl is-active containai-docker", check=False).strip() != "active"
+
+
+def install_deb(host: Any, deb: Path) -> None:
+    """apt-get install a .deb in the host, as the Lima template provisions the VM (its apt reads the
+    lab's local repository: fuse3 and the other dependencies resolve)."""
+    from ops.lab.hosts import connection
+
+    c = connection(host)
+    try:
+        c.put(str(deb), remote=f"/tmp/{deb.name}")
+    finally:
+        c.close()
+    sh(host, f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q /tmp/{deb.name} >/dev/null", timeout=600)
+
+
+def test_doctor_reads_the_lima_vm_layout_without_false_errors(lab_host: Any, tmp_path: Path) -> None:
+    """The macOS VM's layout: doctor reads docker.service and its socket, not a containai-docker that
+    is not there (no engine.unreachable, dockerd.not-installed, units.drift or engine.unit-inactive)."""
+    import json
+
+    from ops.lab import NEW_SYSBOX
+    from ops.lab.bundle import build_sysbox_deb
+
+    host = lab_host(layout="lima-vm")
+    deb = build_sysbox_deb(NEW_SYSBOX, tmp_path / "bundle")
+    install_deb(host, deb)
+    sh(host, run_script("agent-1", True, host.docker))
+    env = {"INVOKE_CAI_LIMA_HOME": host.lima_home, "INVOKE_CAI_BUNDLE_DIR": str(tmp_path / "bundle")}
+    r = inv("doctor", "--json", "--target", host.target, env=env, timeout=300)
+    report = json.loads(r.stdout)
+    found = {f["code"]: f for f in report["findings"]}
+    false = {"engine.unreachable", "dockerd.not-installed", "engine.unit-inactive"} & set(found)
+    assert not false, {c: found[c]["message"] for c in false}
+    # only the VM's own stop hook (not installed yet: inv update installs it) may drift, never the
+    # containai-docker engine unit, its daemon.json or anything in /opt/containai
+    drift = {f["data"]["path"] for f in report["findings"] if f["code"] == "units.drift"}
+    assert drift <= {"/etc/systemd/system/containai-docker-guard.service", "/usr/local/libexec/containai-guard"}, drift
+    assert found["layout.detected"]["data"]["layout"] == "lima-vm"
+    assert found["containers.managed"]["data"]["running"] == ["agent-1"]
+    assert found["layout.detected"]["data"]["engine_unit"] == "docker.service"
+    errors = {c: f["message"] for c, f in found.items() if f["severity"] == "error"}
+    assert r.returncode == 0 and not errors, errors
