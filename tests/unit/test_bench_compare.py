@@ -52,13 +52,16 @@ def test_table_judges_the_goals_and_names_failed_benches() -> None:
     m = load()
     rows = [*m.ratios("repair_throughput", "ratio find -xdev / cai repair walk (4 workers): 1.42x\n"
                                            "ratio chown -hR (every entry) / cai repair walk (4 workers): 0.70x"),
-            *m.ratios("cli_latency", "figure inv doctor --json (20 containers) = 0.812 s")]
+            *m.ratios("cli_latency", "figure inv doctor --json (20 containers) = 0.812 s\n"
+                                     "ratio inv doctor --json (20 containers) / import invoke = 3.10")]
     text = m.table(rows, {"fleet_doctor": "exit 1"})
     lines = text.splitlines()
     assert lines[0].split()[:2] == ["bench", "ratio"]
     assert any("find -xdev" in line and "1.42x" in line and line.rstrip().endswith("yes") for line in lines)
     assert any("chown -hR" in line and "0.70x" in line and line.rstrip().endswith("NO") for line in lines)
     assert any("inv doctor --json" in line and "0.81 s" in line and line.rstrip().endswith("yes") for line in lines)
+    assert any("inv doctor --json" in line and "3.10x" in line and line.rstrip().endswith("3.10x")
+               for line in lines)  # a goal in seconds is not a goal on the ratio
     assert any(line.startswith("fleet_doctor") and "FAILED (exit 1)" in line for line in lines)
 
 
