@@ -197,17 +197,19 @@ def host_probes(conf: CaiConfig) -> list[str]:
 
 
 def _warm_up(text: str, conf: CaiConfig, alone: bool) -> None:
-    """Import the modules of the checks, and the Docker SDK when the local engine socket answers (without
-    its SSH transport when this is the only target and it is local: nothing imports paramiko meanwhile)."""
+    """Import the modules of the checks, and the Docker SDK: for a local target when its engine socket
+    answers (without the SDK's SSH transport when this is the only target: nothing imports paramiko
+    meanwhile); for a remote one always (its engine is reached after the probe, through a forward)."""
     from ops.engine import check_socket, import_docker
     from ops.targets import on_macos, parse_target
 
     _extra_checks()
     try:
-        local = parse_target(text, conf.lima_vm).kind == "local" and not on_macos(conf)
-        if local:
+        if parse_target(text, conf.lima_vm).kind == "local" and not on_macos(conf):
             check_socket(conf.docker_host)
             import_docker(alone=alone)
+        else:
+            import_docker()  # off the main thread: paramiko is imported as usual, Fabric needs it
     except OpsError:
         pass  # the checks tell it
 
