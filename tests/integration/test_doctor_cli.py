@@ -128,4 +128,4 @@ def test_json_fix_prints_one_json_document(damaged: Damaged) -> None:
 
     again = json.loads(inv("doctor", "--json", "--fix", env=damaged.env).stdout)
     assert again["fix"] == {"fixable": [], "dry_run": False, "ran": False, "exit_code": 0, "output": [],
-                            "error": None}
+                            "error": None, "ssh": []}
