@@ -145,15 +145,18 @@ def probe_command(label: str = "containai.managed=true") -> str:
     files = " ".join((CAI_DAEMON_JSON, VM_DAEMON_JSON, f"{CAI_OPT}/VERSION"))
     return "\n".join([
         "p() { printf '%s=%s\\n' \"$1\" \"$2\"; }",
+        # systemctl only where systemd is PID 1: elsewhere each call fails (slowly) with nothing on stdout
+        "i1=$(cat /proc/1/comm 2>/dev/null)",
+        'sc() { [ "$i1" = systemd ] || return 1; systemctl "$@"; }',
         f"for u in {units}; do",
-        '  p "load:$u" "$(systemctl show -p LoadState --value "$u" 2>/dev/null)"',
-        '  p "active:$u" "$(systemctl is-active "$u" 2>/dev/null)"',
-        '  f=$(systemctl show -p FragmentPath --value "$u" 2>/dev/null)',
+        '  p "load:$u" "$(sc show -p LoadState --value "$u" 2>/dev/null)"',
+        '  p "active:$u" "$(sc is-active "$u" 2>/dev/null)"',
+        '  f=$(sc show -p FragmentPath --value "$u" 2>/dev/null)',
         '  if [ -z "$f" ]; then for d in /etc/systemd/system /lib/systemd/system /usr/lib/systemd/system; do',
         '    if [ -f "$d/$u" ]; then f="$d/$u"; break; fi; done; fi',
         '  p "path:$u" "$f"',
         "done",
-        f'f=$(systemctl show -p FragmentPath --value {CAI_UNIT} 2>/dev/null)',
+        f'f=$(sc show -p FragmentPath --value {CAI_UNIT} 2>/dev/null)',
         f'[ -n "$f" ] || f=/etc/systemd/system/{CAI_UNIT}',
         f"for s in {CAI_SOCKET} {VM_SOCKET}; do",
         '  if [ -S "$s" ]; then p "socket:$s" yes; else p "socket:$s" no; fi',
