@@ -188,12 +188,13 @@ def host_probes(conf: CaiConfig) -> list[str]:
     """Every command the checks run on a target, so that they all run in one round trip with the
     platform probe (a check whose command is not listed here still works: it runs on its own)."""
     from ops import units
-    from ops.layout import probe_command
+    from ops.layout import LayoutFacts, lima_vm_layout, probe_command
 
     return [probe_command(conf.label),
             probes.SYSBOX_PROBE, probes.bundle_probe(conf.opt_dir), probes.has_command_probe("fusermount3"),
             probes.dpkg_probe("fuse"), probes.APPARMOR_PROBE, probes.has_command_probe("sysbox-runc"),
-            probes.unit_active_probe("sysbox.service"), *units.doctor_commands(conf)]
+            probes.unit_active_probe("sysbox.service"), *units.doctor_commands(conf),
+            *units.doctor_commands(conf, lima_vm_layout(LayoutFacts(), ""))]  # the unit checks of either layout
 
 
 def _warm_up(text: str, conf: CaiConfig, alone: bool) -> None:
