@@ -552,16 +552,24 @@ class Session:
                     with contextlib.suppress(OpsError):
                         jr.clear(host, conf)
                 raise
-        state = {"changed": False, "engine_ok": not guarded, "sysbox": False}
+        state = {"changed": False, "engine_ok": not guarded, "sysbox": False, "touched": False, "stopped": False}
         sysbox_restarted = False
+        # While containers are down only what needs them down runs: the drifted files are written and
+        # systemd reads them (daemon-reload restarts nothing) before the stop; nothing that runs is
+        # restarted before step RESTART_*, and a failure before it puts the files back without a restart.
+        early = (pl.UNITS, pl.RELOAD) if names else ()
+        ordered = [s for s in p.steps if s.action in early] + [s for s in p.steps if s.action not in early]
         try:
             if new_version:
                 # unpacked before the containers stop; the switch after the stop is renames only
                 unpack_dockerd(host, conf, staged[str(next(s.data["tarball"] for s in p.steps
                                                            if s.action == pl.DOCKERD))], new_version)
-            for step in p.steps:
+            for step in ordered:
                 self.emit(f"- {step.summary}")
+                if step.action in (pl.SYSBOX, pl.RESTART_SYSBOX, pl.RESTART_ENGINE):
+                    state["touched"] = True  # the running engine or Sysbox may go down from here on
                 if step.action == pl.STOP:
+                    state["stopped"] = True
                     stop_containers(self.docker_host, conf, names, self.emit, self.opts.progress)
                 elif step.action == pl.DOCKERD:
                     state["changed"] = True
@@ -614,10 +622,11 @@ class Session:
             if new_version:
                 discard_unpacked(host, conf, new_version)
             if guarded and not state["engine_ok"]:
-                failure = self._rollback(exc, keep, new_version, state["changed"], state["sysbox"])
+                failure = self._rollback(exc, keep, new_version, state["changed"], state["sysbox"],
+                                         state["touched"])
             if j is None:
                 raise failure from None
-            raise self._recover(failure, names) from None
+            raise self._recover(failure, names, state["stopped"]) from None
         except KeyboardInterrupt:
             if j is not None:
                 self.warn(f"interrupted: the stopped containers are recorded in {jr.path(conf)}; "
@@ -626,13 +635,28 @@ class Session:
         return {"stopped": names}
 
     def _rollback(self, exc: OpsError, files: list[str], new_version: str | None, changed: bool,
-                  sysbox: bool) -> OpsError:
-        """The new install did not come up: put the previous files back and start the previous engine."""
+                  sysbox: bool, touched: bool = True) -> OpsError:
+        """The new install did not come up: put the previous files back and start the previous engine
+        (when the engine was never touched, it still runs the previous install: the files go back and
+        systemd reads them, nothing is restarted)."""
         host, conf = self.host, self.conf
         if not changed:
             with contextlib.suppress(OpsError):
                 rb.drop(host, conf)
             return exc
+        if not touched:
+            self.emit(f"the update failed ({exc.message}); putting the previous files back (the engine was not "
+                      "restarted)")
+            try:
+                rb.restore(host, conf, files, new_version)
+            except OpsError as again:
+                return type(exc)(f"{exc.message}; putting the previous files back failed too ({again.message}; "
+                                 f"they are kept in {rb.backup_dir(conf)})",
+                                 "put them back by hand, then run inv update --resume", exc.exit_code)
+            with contextlib.suppress(OpsError):
+                rb.drop(host, conf)
+            return type(exc)(f"{exc.message}; the previous dockerd bundle, units and daemon.json were put back "
+                             "and the engine was not restarted", exc.hint, exc.exit_code)
         self.emit(f"the update failed ({exc.message}); putting the previous dockerd bundle, units and "
                   "daemon.json back")
         restart = self.restart_budget()
@@ -658,8 +682,12 @@ class Session:
                          exc.hint or f"see `journalctl -u {ENGINE_UNIT}`, fix the bundle, then rerun",
                          exc.exit_code)
 
-    def _recover(self, exc: OpsError, names: list[str]) -> OpsError:
+    def _recover(self, exc: OpsError, names: list[str], stopped: bool = True) -> OpsError:
         """After a failed step: bring the engine and the stopped containers back if possible."""
+        if not stopped:  # failed before any container was stopped: they still run
+            with contextlib.suppress(OpsError):
+                jr.clear(self.host, self.conf)
+            return type(exc)(f"{exc.message}; no container was stopped", exc.hint, exc.exit_code)
         self.emit(f"update failed ({exc.message}); starting the stopped containers again")
         try:
             restart = self.restart_budget()

@@ -96,6 +96,13 @@ def markers(host: Any, name: str) -> int:
     return len(marker.read_text().splitlines()) if marker.exists() else 0
 
 
+def wait_engine_answers(host: Any, timeout: int = 120) -> None:
+    """Wait until the nested engine answers: an update killed right after the stop may have left a
+    restart of the engine running on the host (systemd finishes it on its own)."""
+    sh(host, f"i=0; until {D} version >/dev/null 2>&1; do i=$((i + 1)); [ $i -lt {timeout * 2} ] || exit 1; "
+             "sleep 0.5; done", timeout=timeout + 30)
+
+
 def states(host: Any) -> dict[str, str]:
     """name -> state of every container on the nested engine."""
     out = sh(host, f"{D} ps -a --format '{{{{.Names}}}} {{{{.State}}}}'")

@@ -23,6 +23,7 @@ from _update_lab import (
     states,
     tree_digest,
     volume_dir,
+    wait_engine_answers,
 )
 
 from ops.lab import NEW_DOCKERD, NEW_SYSBOX, OLD_DOCKERD, OLD_SYSBOX
@@ -115,6 +116,7 @@ def test_update_refuses_dry_runs_upgrades_and_resumes(old_host: tuple[Any, Path]
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    wait_engine_answers(host)  # a restart it began finishes on the host
     journal = json.loads(journal_text(host))
     assert sorted(journal["containers"]) == list(MANAGED)
     assert not all_running(host)

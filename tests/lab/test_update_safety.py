@@ -25,7 +25,16 @@ from typing import Any
 
 import _cli
 import pytest
-from _update_lab import install_old_bundle, inv, markers, popen_inv, run_container, sh, states
+from _update_lab import (
+    install_old_bundle,
+    inv,
+    markers,
+    popen_inv,
+    run_container,
+    sh,
+    states,
+    wait_engine_answers,
+)
 
 from ops.lab import NEW_DOCKERD, OLD_DOCKERD, OLD_SYSBOX
 from ops.lab.bundle import build_sysbox_deb, bundle_dir, docker_tarball, write_sha256
@@ -96,6 +105,7 @@ def kill_after_stop(host: Any, bundle: Path) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    wait_engine_answers(host)  # a restart of the engine it began finishes on the host
 
 
 def on_a_terminal(args: list[str], env: dict[str, str], answer: str) -> tuple[int, str, str]:
