@@ -51,12 +51,23 @@ def platform_findings(r: Resolved) -> list[Finding]:
     out = [_f(r, "platform.detected", "info", f"{r.platform} host: {where}, kernel {f.kernel}, {f.arch}",
               kernel=f.kernel, arch=f.arch, distro=f.distro, distro_version=f.distro_version)]
     if not f.systemd_pid1:
-        if r.platform == "wsl2":
+        message = f"PID 1 is {f.pid1 or 'unknown'}, not systemd"
+        if r.platform == "wsl2" and f.wsl_conf_systemd == "true":
+            message += " although /etc/wsl.conf sets [boot] systemd=true (not applied yet)"
+            hint = "run `wsl --shutdown` from Windows and reopen the distribution to boot it with systemd"
+        elif r.platform == "wsl2":
+            message += " (/etc/wsl.conf does not set [boot] systemd=true)"
             hint = ("enable systemd in /etc/wsl.conf ([boot] systemd=true), then run `wsl --shutdown` "
                     "from Windows and reopen the distribution")
         else:
             hint = "ContainAI needs a host booted with systemd; containai-docker and Sysbox run as units"
-        out.append(_f(r, "systemd.not-pid1", "error", f"PID 1 is {f.pid1 or 'unknown'}, not systemd", hint))
+        out.append(_f(r, "systemd.not-pid1", "error", message, hint, wsl_conf_systemd=f.wsl_conf_systemd))
+    if r.platform == "wsl2" and f.seccomp == "2":
+        out.append(_f(r, "wsl2.seccomp-filter", "warning",
+                      "PID 1 runs under a seccomp filter (Seccomp: 2 in /proc/1/status): Sysbox cannot trap "
+                      "the system calls it emulates and its containers may fail to start",
+                      "update WSL from Windows (`wsl --update`), run `wsl --shutdown`, and check that "
+                      "nothing starts the distribution under a seccomp profile", seccomp=f.seccomp))
     if r.platform == "wsl2" and f.distro not in ("debian", "ubuntu") and "debian" not in f.distro_like:
         out.append(_f(r, "wsl2.distro-unsupported", "warning",
                       f"WSL2 distribution {f.distro or 'unknown'} is not Debian or Ubuntu",

@@ -255,7 +255,14 @@ PROBE = (
     "if [ -r /etc/os-release ]; then . /etc/os-release; echo distro=\"$ID\"; "
     'echo distro_version="$VERSION_ID"; echo distro_like="${ID_LIKE:-}"; fi; '
     "if [ -f /.dockerenv ] || grep -qa container= /proc/1/environ 2>/dev/null; "
-    "then echo container=yes; else echo container=no; fi"
+    "then echo container=yes; else echo container=no; fi; "
+    # WSL2: the seccomp mode of PID 1 (2 = a filter is applied) and [boot] systemd= of /etc/wsl.conf
+    "echo seccomp=$(sed -n 's/^Seccomp:[[:space:]]*//p' /proc/1/status 2>/dev/null); "
+    "if [ -r /etc/wsl.conf ]; then echo wsl_conf_systemd=$(awk -F= "
+    "'/^[[:space:]]*\\[/{s=$0; gsub(/[[:space:]]/, \"\", s)} "
+    "s == \"[boot]\" && $1 ~ /^[[:space:]]*systemd[[:space:]]*$/ "
+    "{v=$2; gsub(/[[:space:]]/, \"\", v); print tolower(v)}' "
+    "/etc/wsl.conf | tail -n 1); else echo wsl_conf_systemd=absent; fi"
 )
 
 ARCH_MAP = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
@@ -274,6 +281,10 @@ class HostFacts:
     distro_version: str
     distro_like: str
     in_container: bool
+    #: ``Seccomp:`` of /proc/1/status: 0 none, 1 strict, 2 filter; "" when unreadable
+    seccomp: str = ""
+    #: ``[boot] systemd=`` of /etc/wsl.conf (lower case), "" when unset, "absent" without the file
+    wsl_conf_systemd: str = ""
 
     @property
     def arch(self) -> str:
@@ -315,6 +326,8 @@ def parse_host_facts(text: str) -> HostFacts:
         distro_version=values.get("distro_version", ""),
         distro_like=values.get("distro_like", ""),
         in_container=values.get("container") == "yes",
+        seccomp=values.get("seccomp", ""),
+        wsl_conf_systemd=values.get("wsl_conf_systemd", ""),
     )
 
 

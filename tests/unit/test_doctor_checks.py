@@ -161,3 +161,30 @@ def test_tar_header_only_even_behind_a_pax_header() -> None:
         tar.addfile(info, io.BytesIO(b"\0" * info.size))
     member = first_member(HeaderOnly(raw.getvalue()))
     assert member is not None and (member.name, member.uid, member.gid) == ("sudo", 65534, 65534)
+
+
+def test_wsl2_seccomp_filter_at_pid1_is_a_warning() -> None:
+    findings = platform_findings(resolved("wsl2-seccomp-filter.txt"))
+    [seccomp] = [f for f in findings if f.code == "wsl2.seccomp-filter"]
+    assert seccomp.severity == "warning" and "Seccomp: 2" in seccomp.message and "wsl --update" in seccomp.hint
+    assert not has_error(findings)
+
+
+def test_no_seccomp_finding_off_wsl2_or_without_a_filter() -> None:
+    assert not [f for f in platform_findings(resolved("wsl2-ubuntu.txt")) if f.code == "wsl2.seccomp-filter"]
+    conf_not_applied = platform_findings(resolved("wsl2-conf-not-applied.txt"))
+    assert not [f for f in conf_not_applied if f.code == "wsl2.seccomp-filter"]
+
+
+def test_wsl2_systemd_set_but_not_applied_says_to_restart_wsl() -> None:
+    findings = platform_findings(resolved("wsl2-conf-not-applied.txt"))
+    [pid1] = [f for f in findings if f.code == "systemd.not-pid1"]
+    assert "not applied yet" in pid1.message and "wsl --shutdown" in pid1.hint
+    assert "enable systemd" not in pid1.hint
+
+
+def test_wsl2_systemd_not_set_names_wsl_conf() -> None:
+    text = (PROBE / "wsl2-no-systemd.txt").read_text() + "wsl_conf_systemd=absent\n"
+    facts = parse_host_facts(text)
+    [pid1] = [f for f in platform_findings(Resolved(LOCAL, None, "wsl2", facts)) if f.code == "systemd.not-pid1"]
+    assert "does not set [boot] systemd=true" in pid1.message
