@@ -33,7 +33,7 @@ def ownership_findings(engine: Engine, conf: CaiConfig, target: str, platform: s
     """One ``ownership.damaged`` warning per managed volume with uid/gid 65534 entries."""
     if platform == "macos" or target != "local":
         return [_finding(
-            "ownership.not_checked", "info", target, platform,
+            "ownership.not-checked", "info", target, platform,
             "volume ownership is checked on the engine host itself",
             "run inv doctor on the engine host (inside the Lima VM on macOS)",
         )]
@@ -42,7 +42,7 @@ def ownership_findings(engine: Engine, conf: CaiConfig, target: str, platform: s
     if not data_root_visible(conf.data_root):
         why = "inside a container" if in_container() else "not readable (run as root)"
         return [_finding(
-            "ownership.not_checked", "info", target, platform,
+            "ownership.not-checked", "info", target, platform,
             f"volume ownership not checked: {conf.data_root}/volumes is {why}",
             "run inv doctor as root on the engine host",
         )]
@@ -50,11 +50,11 @@ def ownership_findings(engine: Engine, conf: CaiConfig, target: str, platform: s
     from ops.repair.walk import WalkOptions, show_path, walk
 
     volumes, warnings = managed_volumes(engine, engine.managed())
-    out = [_finding("ownership.volume_skipped", "info", target, platform, w) for w in warnings]
+    out = [_finding("ownership.volume-skipped", "info", target, platform, w) for w in warnings]
     try:
         volumes_fd = open_data_root(conf.data_root)
     except OpsError as exc:
-        return [*out, _finding("ownership.not_checked", "info", target, platform, exc.message, exc.hint)]
+        return [*out, _finding("ownership.not-checked", "info", target, platform, exc.message, exc.hint)]
     try:
         for vol in volumes:
             fix = (f"inv repair --container {vol.containers[0]}" if len(vol.containers) == 1
@@ -63,7 +63,7 @@ def ownership_findings(engine: Engine, conf: CaiConfig, target: str, platform: s
                 fd = open_volume(volumes_fd, conf.data_root, vol.name)
             except OpsError as exc:
                 out.append(_finding(
-                    "ownership.unsafe_path", "warning", target, platform,
+                    "ownership.unsafe-path", "warning", target, platform,
                     f"volume {vol.name}: {exc.message}", "inspect the volume by hand; repair refuses it",
                     volume=vol.name, containers=list(vol.containers),
                 ))

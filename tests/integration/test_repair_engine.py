@@ -553,7 +553,7 @@ def test_doctor_findings_damage_and_taint(lab: Lab) -> None:
         assert lab.client.containers.get(c.id).status == "exited"
         assert os.lstat(lab.vol_path(vol) / "d" / "f1")[4:6] == (NOBODY, NOBODY), "doctor changed something"
         mac = doctor_findings(engine, conf, "local", "macos")
-        assert "ownership.not_checked" in [f.code for f in mac]
+        assert "ownership.not-checked" in [f.code for f in mac]
     finally:
         engine.close()
 

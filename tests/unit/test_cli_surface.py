@@ -17,8 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "findings.md"
 #: ``<area>.<condition>``: lower-case letters and digits, words of the condition joined by dashes.
 CODE_RE = re.compile(r"^[a-z][a-z0-9]*\.[a-z0-9]+(?:-[a-z0-9]+)*$")
-#: Codes that shipped before the convention was written down (listed in the doc with that note).
-LEGACY = {"ownership.not_checked", "ownership.volume_skipped", "ownership.unsafe_path"}
 #: Any call to one of these names builds a finding: the code is its ``code=`` or first string argument.
 FINDING_CALL = re.compile(r"(^|_)(f|finding)$|Finding$", re.IGNORECASE)
 
@@ -127,7 +125,7 @@ def test_every_documented_code_exists() -> None:
 
 
 def test_codes_follow_the_convention() -> None:
-    bad = [code for code in codes_in_doc() if not CODE_RE.match(code) and code not in LEGACY]
+    bad = [code for code in codes_in_doc() if not CODE_RE.match(code)]
     assert not bad, f"codes not in the form <area>.<condition-with-dashes>: {bad}"
 
 
