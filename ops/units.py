@@ -21,16 +21,15 @@ Rendering and drift detection are pure; ``install`` is the only writer.
 
 from __future__ import annotations
 
-import base64
 import difflib
 import json
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ops.config import CaiConfig
 from ops.errors import ConfigError, OpsError
+from ops.filedump import UNREADABLE, FileState, dump_command, parse_dump
 from ops.layout import LIMA_VM, VM_GUARD_SCRIPT, Layout, daemon_defaults
 
 ENGINE_UNIT = "containai-docker.service"
@@ -242,47 +241,25 @@ def managed_paths(conf: CaiConfig, layout: Layout | None = None) -> list[str]:
 
 # --- reading installed files ----------------------------------------------------------------------
 
-_MARK = "@@CAI-FILE "
-
-
-def dump_command(paths: list[str]) -> str:
-    """A shell command printing each path's content (base64) or a missing marker, in one round trip."""
-    quoted = " ".join(shlex.quote(p) for p in paths)
-    return (f"for f in {quoted}; do printf '\\n{_MARK}%s\\n' \"$f\"; "
-            "if [ -f \"$f\" ] && [ -r \"$f\" ]; then printf 'B:'; base64 -w0 \"$f\"; "
-            "else printf '@@MISSING'; fi; done; echo")
-
-
-def parse_file_dump(text: str) -> dict[str, str | None]:
-    """Pure parser of ``dump_command`` output: path -> content (None when missing or unreadable)."""
-    found: dict[str, str | None] = {}
-    current: str | None = None
-    for line in text.splitlines():
-        if line.startswith(_MARK):
-            current = line[len(_MARK):]
-            found[current] = None
-            continue
-        if current is None or not line.strip():
-            continue
-        body = line.strip()
-        if body.startswith("B:"):
-            try:
-                found[current] = base64.b64decode(body[2:]).decode("utf-8", errors="replace")
-            except (ValueError, TypeError):
-                found[current] = None
-        current = None
-    return found
-
-
-def read_installed(ctx: Any, paths: list[str]) -> dict[str, str | None]:
-    """Read installed files on a target in one command."""
+def read_installed(ctx: Any, paths: list[str]) -> tuple[dict[str, str | None], list[str]]:
+    """Read installed files on a target in one command, as the user ``ctx`` runs as: (path -> content,
+    None when missing; the paths that exist but could not be read)."""
     from ops.targets import run
 
     code, out, err = run(ctx, dump_command(paths))
-    if code != 0 and _MARK not in out:
+    found = parse_dump(out)
+    if code != 0 and not found:
         raise OpsError(f"cannot read the installed units: {err.strip()[:200]}", "check access to the host")
-    found = parse_file_dump(out)
-    return {p: found.get(p) for p in paths}
+    installed: dict[str, str | None] = {}
+    unreadable: list[str] = []
+    for p in paths:
+        state = found.get(p, UNREADABLE)
+        if isinstance(state, FileState):
+            installed[p] = state.text
+        else:
+            installed[p] = None
+            unreadable.append(p)
+    return installed, unreadable
 
 
 def unified_diff(path: str, installed: str | None, rendered: str) -> str:
@@ -306,8 +283,15 @@ def detect_drift(rendered: list[RenderedFile], installed: dict[str, str | None])
 
 
 def drift_on(ctx: Any, conf: CaiConfig, layout: Layout | None = None) -> tuple[list[RenderedFile], list[Drift]]:
-    """Render for a target (of ``layout``; merging its daemon.json) and compare with what it has installed."""
-    installed = read_installed(ctx, managed_paths(conf, layout))
+    """Render for a target (of ``layout``; merging its daemon.json) and compare with what it has installed.
+
+    A file that exists but cannot be read here is an error naming it, never "missing": comparing against
+    nothing would report drift that is not there (and render a daemon.json without the host's keys).
+    """
+    installed, unreadable = read_installed(ctx, managed_paths(conf, layout))
+    if unreadable:
+        raise OpsError(f"cannot read {', '.join(unreadable)} as this user",
+                       "run inv doctor as root (sudo) to compare the installed units")
     rendered = render(conf, installed.get(DAEMON_JSON), layout=layout)
     return rendered, detect_drift(rendered, installed)
 

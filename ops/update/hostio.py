@@ -10,16 +10,15 @@ and one that cannot be read at all is an error, never "missing".
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import os
 import shlex
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ops.errors import OpsError, TargetError
+from ops.filedump import UNREADABLE, FileState, dump_command, parse_dump
 from ops.targets import FileContext, describe
 
 #: The time a read-only probe gets (a command that does real work gets a budget of its own).
@@ -33,16 +32,6 @@ _WRITING = "@@CAI-WRITING "
 
 class CutError(OpsError):
     """A command was cut by its timeout (it may still be running on the host)."""
-
-
-@dataclass(frozen=True)
-class FileState:
-    """A file on the target as root sees it."""
-
-    path: str
-    exists: bool
-    text: str | None = None  # None when it does not exist
-    mode: int | None = None  # permission bits, when it exists
 
 
 class Host:
@@ -246,52 +235,3 @@ def inline_install_command(path: str, text: str, mode: int) -> str:
          f'else chown 0:0 "$t" && chmod {mode:o} "$t"; fi'),
         'sync "$t"', 'mv -f "$t" "$p"', f"sync {q(directory)}",
     ])
-
-
-# --- reading files as root --------------------------------------------------------------------------
-
-_MARK = "@@CAI-FILE "
-UNREADABLE = "unreadable"
-
-
-def dump_command(paths: list[str]) -> str:
-    """Shell printing, per path, a marker line and then ``missing``, ``unreadable`` or
-    ``<octal mode> <base64 of the content>`` (one round trip for all files)."""
-    quoted = " ".join(shlex.quote(p) for p in paths)
-    # missing only when the deepest path that exists above the file is a directory that can be searched
-    # (or no directory at all): behind one that cannot be searched, the file's state is unknown
-    # (unreadable), not "missing"
-    return (f"for f in {quoted}; do printf '\\n{_MARK}%s\\n' \"$f\"; "
-            "if [ ! -e \"$f\" ] && [ ! -L \"$f\" ]; then a=$(dirname \"$f\"); "
-            "while [ ! -e \"$a\" ] && [ \"$a\" != / ] && [ \"$a\" != . ]; do a=$(dirname \"$a\"); done; "
-            "if [ ! -d \"$a\" ] || [ -x \"$a\" ]; then echo missing; else echo unreadable; fi; "
-            "elif [ -f \"$f\" ] && c=$(base64 -w0 < \"$f\" 2>/dev/null); then "
-            "printf 'file %s %s\\n' \"$(stat -L -c %a \"$f\")\" \"$c\"; "
-            "else echo unreadable; fi; done; echo")
-
-
-def parse_dump(text: str) -> dict[str, FileState | str]:
-    """Pure parser of :func:`dump_command` output: path -> FileState, or ``UNREADABLE``."""
-    found: dict[str, FileState | str] = {}
-    current: str | None = None
-    for line in text.splitlines():
-        if line.startswith(_MARK):
-            current = line[len(_MARK):]
-            continue
-        if current is None or not line.strip():
-            continue
-        body = line.strip()
-        if body == "missing":
-            found[current] = FileState(current, False)
-        elif body.startswith("file "):
-            parts = body.split(" ", 2)
-            try:
-                data = base64.b64decode(parts[2] if len(parts) > 2 else "", validate=True)
-                found[current] = FileState(current, True, data.decode("utf-8", errors="replace"),
-                                           int(parts[1], 8))
-            except (ValueError, binascii.Error, IndexError):
-                found[current] = UNREADABLE
-        else:
-            found[current] = UNREADABLE
-        current = None
-    return found

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ops import units
+from ops import filedump, units
 from ops.config import CaiConfig
 from ops.errors import ConfigError, OpsError
 
@@ -212,10 +212,11 @@ def test_file_dump_round_trip(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_text("")
     missing = tmp_path / "missing"
-    cmd = units.dump_command([str(a), str(empty), str(missing)])
+    cmd = filedump.dump_command([str(a), str(empty), str(missing)])
     out = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, check=True).stdout
-    found = units.parse_file_dump(out)
-    assert found == {str(a): "line1\n$$ ünïcode\n", str(empty): "", str(missing): None}
+    found = filedump.parse_dump(out)
+    assert {p: s.text for p, s in found.items() if isinstance(s, filedump.FileState)} == {
+        str(a): "line1\n$$ ünïcode\n", str(empty): "", str(missing): None}
 
 
 def test_write_out(tmp_path: Path) -> None:

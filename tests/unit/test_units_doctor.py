@@ -18,7 +18,7 @@ CONF = CaiConfig.from_mapping({})
 def dump(contents: dict[str, str | None]) -> str:
     out = []
     for path, text in contents.items():
-        body = "@@MISSING" if text is None else "B:" + base64.b64encode(text.encode()).decode()
+        body = "missing" if text is None else "file 644 " + base64.b64encode(text.encode()).decode()
         out.append(f"\n@@CAI-FILE {path}\n{body}")
     return "".join(out) + "\n"
 
