@@ -96,20 +96,8 @@ class CaiConfig:
         if timeout < 0:
             raise ConfigError("cai.stop_timeout must not be negative", "use e.g. 100")
         values["stop_timeout"] = timeout
-        platform = str(values["platform"] or "").strip().lower()
-        if platform and platform not in PLATFORMS:
-            raise ConfigError(
-                f"cai.platform {platform!r} is not one of {', '.join(PLATFORMS)}",
-                "leave it empty to detect the platform on the target",
-            )
-        values["platform"] = platform
-        layout = str(values["layout"] or "").strip().lower()
-        if layout and layout not in LAYOUTS:
-            raise ConfigError(
-                f"cai.layout {layout!r} is not one of {', '.join(LAYOUTS)}",
-                "leave it empty to read the host layout on the target",
-            )
-        values["layout"] = layout
+        values["platform"] = _choice(values, "platform", PLATFORMS, "detect the platform on the target")
+        values["layout"] = _choice(values, "layout", LAYOUTS, "read the host layout on the target")
         targets = values["targets"] or []
         if isinstance(targets, str):
             targets = [t for t in targets.replace(",", " ").split() if t]
@@ -130,3 +118,11 @@ def from_context(ctx: Any) -> CaiConfig:
     except (KeyError, AttributeError, TypeError):
         raw = None
     return CaiConfig.from_mapping(raw)
+
+
+def _choice(values: dict[str, Any], key: str, allowed: tuple[str, ...], empty_means: str) -> str:
+    """An optional ``cai.<key>`` that must be one of ``allowed`` (lower-cased), or "" to leave it to detection."""
+    value = str(values[key] or "").strip().lower()
+    if value and value not in allowed:
+        raise ConfigError(f"cai.{key} {value!r} is not one of {', '.join(allowed)}", f"leave it empty to {empty_means}")
+    return value
