@@ -593,25 +593,6 @@ def ensure_apt_repo(docker_host: str, image: str) -> Path:
         index.write_text(scan.stdout)
         stamp.write_text(wanted)
         return APT_REPO
-        APT_REPO.mkdir(parents=True, exist_ok=True)
-        for tool in ("apt-get", "dpkg-scanpackages"):
-            if shutil.which(tool) is None:
-                raise OpsError(f"{tool} is not installed (the lab's local apt repository needs it)",
-                               "run ./bootstrap.sh deps (apt-get install dpkg-dev)")
-        got = subprocess.run(["apt-get", "download", *APT_REPO_PACKAGES], cwd=APT_REPO,
-                             capture_output=True, text=True, check=False)
-        if got.returncode != 0:
-            last = (got.stderr.strip() or got.stdout.strip() or f"exit {got.returncode}").splitlines()[-1]
-            raise OpsError(f"downloading {', '.join(APT_REPO_PACKAGES)} for the lab's apt repository failed: {last}",
-                           "run `apt-get update` on this machine, then retry")
-        scan = subprocess.run(["dpkg-scanpackages", "--multiversion", "."], cwd=APT_REPO,
-                              capture_output=True, text=True, check=False)
-        if scan.returncode != 0 or "Package:" not in scan.stdout:
-            raise OpsError(f"dpkg-scanpackages failed in {APT_REPO}: {scan.stderr.strip()[-200:]}")
-        part = index.with_suffix(".part")
-        part.write_text(scan.stdout)
-        part.replace(index)
-        return APT_REPO
 
 
 def reboot(host: LabHost, docker_host: str | None = None, stop_timeout: int = 200) -> None:
