@@ -43,6 +43,8 @@ def _unique(conf: Any, targets: list[str]) -> list[str]:
         "stop-containers": "stop the running managed containers when the update must restart the engine "
         "(journaled first, started again afterwards)",
         "dry-run": "show the plan, the containers that would stop and 'would ...' lines; change nothing",
+        "commands": "with --dry-run: also print every command the update would run on the target, in order "
+        "(in the JSON report too)",
         "force": "answer yes to prompts: stop the running managed containers if the update needs it, "
         "after one warning line naming them (never skips stopping containers)",
         "resume": "after an interrupted update: start again what the journal says was running, then finish",
@@ -57,6 +59,7 @@ def update(
     ctx: Any,
     stop_containers: bool = False,
     dry_run: bool = False,
+    commands: bool = False,
     force: bool = False,
     resume: bool = False,
     json_: bool = False,
@@ -67,16 +70,20 @@ def update(
     """Update Sysbox, the dockerd bundle and the systemd units (exit 2: containers run, see --stop-containers)."""
     from ops.update.apply import Options, run_update
 
+    if commands and not dry_run:
+        raise OpsError("--commands shows what a dry run would run; it changes nothing on its own",
+                       "add --dry-run (inv update --dry-run --commands)")
     conf = cfg(ctx)
     targets = _unique(conf, targets_of(conf, target))
     if len(targets) > 1:
         _update_fleet(ctx, conf, targets, Options(stop_containers=stop_containers, dry_run=dry_run, force=force,
-                                                  resume=resume, interactive=False, progress=False),
+                                                  resume=resume, interactive=False, progress=False,
+                                                  commands=commands),
                       json_, serial, parallel)
         return
     interactive = is_tty() and sys.stdin.isatty()
     opts = Options(stop_containers=stop_containers, dry_run=dry_run, force=force, resume=resume,
-                   interactive=interactive, progress=is_tty())
+                   interactive=interactive, progress=is_tty(), commands=commands)
     out = sys.stderr if json_ else sys.stdout
 
     def emit(line: str) -> None:

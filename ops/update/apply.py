@@ -21,11 +21,12 @@ from typing import Any
 from ops.config import CaiConfig
 from ops.errors import EngineError, OpsError, RefusedError
 from ops.layout import LIMA_VM, Layout
-from ops.units import ENGINE_UNIT, GUARD_UNIT, RenderedFile
+from ops.units import ENGINE_UNIT, GUARD_UNIT
 from ops.update import journal as jr
 from ops.update import lock as lk
 from ops.update import plan as pl
 from ops.update import rollback as rb
+from ops.update import steps as st
 from ops.update import timeouts as tm
 from ops.update.facts import DOWN_STATES, UpdateFacts, gather, running_containers
 from ops.update.hostio import Host
@@ -44,6 +45,7 @@ class Options:
     resume: bool = False
     interactive: bool = False  # a TTY is attached: a prompt may be shown
     progress: bool = False  # show per-container progress lines
+    commands: bool = False  # with dry_run: print every command the update would run, in order
 
 
 # --- checksums ----------------------------------------------------------------------------------------
@@ -107,33 +109,29 @@ def preflight(p: pl.Plan) -> dict[str, str]:
     return digests
 
 
-# --- steps --------------------------------------------------------------------------------------------
+# --- steps run on their own (the same commands ``Session.apply`` runs; see ops.update.steps) -----------
+
+def _runner(host: Host, conf: CaiConfig) -> st.Runner:
+    env = st.Env(conf, host=host)
+    env.staging = host.staging()
+    return st.Runner(host, env)
+
 
 def stage(host: Host, local: Path, digest: str = "") -> str:
     """Copy a bundled file to the target's staging directory and check its sha256 there."""
-    digest = digest or checked_digest(local)
-    remote = host.upload(local, local.name)
-    remote_check(host, remote, digest)
-    return remote
+    runner = _runner(host, CaiConfig.from_mapping({}))
+    runner.run_op(st.Stage(str(local), digest or checked_digest(local)))
+    return f"{runner.env.staging}/{local.name}"
 
 
-def unpacked_dir(conf: CaiConfig, version: str) -> str:
-    """Where the bundle is unpacked before the containers stop (beside its versioned directory)."""
-    return f"{conf.opt_dir.rstrip('/')}/docker/.{version}.cai-new"
+unpacked_dir = st.unpacked_dir
 
 
 def unpack_dockerd(host: Host, conf: CaiConfig, staged: str, version: str) -> None:
     """Unpack the staged bundle next to ``<opt_dir>/docker/<version>/`` (under a temporary name) and
     check it holds dockerd. Nothing the engine runs on changes, so this happens before the
     containers stop; :func:`switch_dockerd` then only renames."""
-    q = shlex.quote
-    script = f"""set -e
-tmp={q(unpacked_dir(conf, version))}; tgz={q(staged)}
-rm -rf "$tmp"; mkdir -p "$tmp"
-tar -xzf "$tgz" -C "$tmp" --no-same-owner
-if [ ! -x "$tmp/docker/dockerd" ]; then echo "the tarball has no docker/dockerd" >&2; rm -rf "$tmp"; exit 3; fi
-"""
-    host.sh(script, what=f"unpacking the dockerd bundle {version}")
+    host.sh(st.unpack_script(conf, staged, version), what=f"unpacking the dockerd bundle {version}")
 
 
 def discard_unpacked(host: Host, conf: CaiConfig, version: str) -> None:
@@ -154,90 +152,20 @@ def switch_dockerd(host: Host, conf: CaiConfig, version: str) -> None:
     """Move the unpacked bundle to ``<opt_dir>/docker/<version>/``, switch every link of
     ``<opt_dir>/bin`` atomically (new link, rename), drop links into older versions it no longer has,
     write VERSION atomically last."""
-    q = shlex.quote
-    opt = conf.opt_dir.rstrip("/")
-    script = f"""set -e
-opt={q(opt)}; ver={q(version)}
-dest="$opt/docker/$ver"; tmp="$opt/docker/.$ver.cai-new"
-if [ ! -x "$tmp/docker/dockerd" ]; then echo "the unpacked bundle $tmp is gone" >&2; exit 3; fi
-mkdir -p "$opt/bin"
-rm -rf "$dest.cai-old"
-if [ -e "$dest" ]; then mv "$dest" "$dest.cai-old"; fi
-mv "$tmp/docker" "$dest"; rm -rf "$tmp" "$dest.cai-old"
-for f in "$dest"/*; do
-  n=$(basename "$f")
-  ln -sfn "$f" "$opt/bin/.$n.cai-new"
-  mv -Tf "$opt/bin/.$n.cai-new" "$opt/bin/$n"
-done
-for l in "$opt"/bin/*; do
-  [ -L "$l" ] || continue
-  t=$(readlink "$l")
-  case "$t" in "$opt/docker/$ver/"*) ;; "$opt/docker/"*) rm -f "$l" ;; esac
-done
-printf '%s\\n' "$ver" > "$opt/.VERSION.cai-new"
-mv -f "$opt/.VERSION.cai-new" "$opt/VERSION"
-"""
-    host.sh(script, what=f"installing the dockerd bundle {version}")
+    host.sh(st.switch_script(conf, version), what=f"installing the dockerd bundle {version}")
 
 
-def sysbox_invocation(host: Host) -> tuple[str, str]:
-    """(InvocationID, ActiveState) of sysbox.service: a new InvocationID after the package install
-    means its scripts restarted Sysbox, on the new binaries."""
-    _code, out, _err = host.probe("systemctl show -p InvocationID -p ActiveState sysbox.service")
-    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    return values.get("InvocationID", "").strip(), values.get("ActiveState", "").strip()
-
-
-#: How the bundled .deb is installed (and, with -s, simulated first): apt resolves its dependencies.
-APT_INSTALL = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
-               "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold")
+APT_INSTALL = st.APT_INSTALL
+apt_reason = st.apt_reason
 
 
 def stage_sysbox(host: Host, deb: Path, digest: str = "") -> str:
     """Copy the bundled .deb to the target, check its sha256 there, and have apt simulate installing
-    it, all before anything is stopped: a package apt cannot install (missing lists or sources, a
-    conflict) is refused while nothing has changed. Returns the staged path."""
-    remote = stage(host, deb, digest)
-    q = shlex.quote
-    host.sh(f"chmod 0644 {q(remote)} && chmod 0755 {q(str(Path(remote).parent))}", what="chmod")
-    code, out, err = host.probe(f"{APT_INSTALL} -s {q(remote)}", timeout=300)  # the real run's options
-    if code != 0:
-        raise OpsError(f"apt-get install {deb.name} would fail on {host.name} ({apt_reason(code, out, err)}); "
-                       "nothing was changed",
-                       "run `apt-get update` there and check its apt sources (the package needs fuse3 and "
-                       "its other dependencies from them), then rerun")
-    # fetch what the package needs into apt's cache now, so the install while the containers are
-    # down downloads nothing
-    code, out, err = host.probe(f"{APT_INSTALL} --download-only {q(remote)}", timeout=tm.APT_BASE)
-    if code != 0:
-        raise OpsError(f"apt-get could not download what {deb.name} needs on {host.name} "
-                       f"({apt_reason(code, out, err)}); nothing was changed",
-                       "check the host's apt sources and its network, then rerun")
-    return remote
-
-
-def apt_reason(code: int, out: str, err: str) -> str:
-    """Pure: the most telling line of a failed apt-get run (an unmet dependency before apt's summary)."""
-    unmet = [line.strip() for line in out.splitlines() if "Depends:" in line or "Conflicts:" in line]
-    if unmet:
-        return unmet[0][:300]
-    tail = [line.strip() for line in (err or out).strip().splitlines() if line.strip()]
-    return tail[-1][:300] if tail else f"exit {code}"
-
-
-def install_sysbox(host: Host, deb: Path, digest: str = "", staged: str = "",
-                   timeout: int = tm.APT_BASE) -> None:
-    """``apt-get install`` the bundled .deb (so its dependencies, fuse3 first, resolve); failures surface.
-
-    ``timeout`` comes from :func:`ops.update.timeouts.apt_budget`: the package scripts restart Sysbox.
-    """
-    remote = staged or stage_sysbox(host, deb, digest)
-    try:
-        host.sh(f"{APT_INSTALL} {shlex.quote(remote)}",
-                what=f"apt-get install {deb.name}", timeout=timeout)
-    except OpsError as exc:
-        raise type(exc)(exc.message, "check the host's apt sources and run `apt-get update` there "
-                       "(the package needs fuse3 and its other dependencies from them), then rerun") from None
+    it and download what it needs, all before anything is stopped: a package apt cannot install
+    (missing lists or sources, a conflict) is refused while nothing has changed. Returns the staged path."""
+    runner = _runner(host, CaiConfig.from_mapping({}))
+    runner.run_op(st.StageSysbox(str(deb), digest or checked_digest(deb)))
+    return f"{runner.env.staging}/{deb.name}"
 
 
 def wait_engine(docker_host: str, conf: CaiConfig, timeout: float = 90, unit: str = ENGINE_UNIT) -> None:
@@ -286,12 +214,8 @@ def settle(host: Host, unit: str, timeout: float) -> str:
 def restart_unit(host: Host, unit: str, timeout: int) -> None:
     """``systemctl restart`` a unit within ``timeout`` (a restart budget) and fail with its status when it
     does not come up; a restart cut by the timeout raises CutError (its job may still run)."""
-    # a start-limit-hit must not block it (one command: the containers may be down meanwhile)
-    code, _out, err = host.run(f"systemctl reset-failed {unit} 2>/dev/null; systemctl restart {unit}",
-                               what=f"systemctl restart {unit}", timeout=timeout)
-    if code != 0:
-        raise OpsError(f"{unit} did not (re)start: {err.strip().splitlines()[-1][:200] if err.strip() else code}",
-                       f"see `systemctl status {unit}` and `journalctl -u {unit}`")
+    code, out, err = host.run(st.restart_command(unit), what=f"systemctl restart {unit}", timeout=timeout)
+    st.restarted(unit)(st.Result(code, out, err, host.name))
 
 
 def start_unit_if_loaded(host: Host, unit: str, timeout: int = 600) -> None:
@@ -354,6 +278,28 @@ def interrupted_message(j: jr.Journal, where: str) -> OpsError:
 
 # --- the flow -------------------------------------------------------------------------------------------
 
+class _EngineCalls:
+    """The engine calls of a session's steps, on its target's engine (``ops.update.steps.EngineCalls``)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def stop(self, names: list[str]) -> None:
+        s = self.session
+        stop_containers(s.docker_host, s.conf, names, s.emit, s.opts.progress)
+
+    def start(self, names: list[str]) -> None:
+        s = self.session
+        bad = start_containers(s.docker_host, s.conf, names)
+        if bad:
+            raise OpsError(f"could not start {', '.join(bad)} after the update",
+                           "see `docker logs NAME`; then inv update --resume")
+
+    def wait(self) -> None:
+        s = self.session
+        wait_engine(s.docker_host, s.conf, unit=s.engine_unit)
+
+
 class Session:
     """One update run on one resolved target."""
 
@@ -369,7 +315,7 @@ class Session:
         self._docker_host: str | None = None
         self._host: Host | None = None
         self._reader: Host | None = None
-        self._budget: int | None = None
+        self._env: st.Env | None = None
         self.lock: lk.HostLock | None = None
         self.layout: Layout | None = None  # read by read_layout(); None: nothing installed yet (containai)
 
@@ -443,9 +389,22 @@ class Session:
 
     def restart_budget(self) -> int:
         """The restart budget of this host (read from its units once they are installed)."""
-        if self._budget is None:
-            self._budget = budget(self.host, self.conf, self.engine_unit)
-        return self._budget
+        if self.env.budget is None:
+            self.env.budget = budget(self.host, self.conf, self.engine_unit)
+        return self.env.budget
+
+    @property
+    def env(self) -> st.Env:
+        """What the steps' commands need from this run (made once the host layout is known)."""
+        if self._env is None:
+            self._env = st.Env(self.conf, self.engine_unit, self.vm, self.emit, _EngineCalls(self), self.host)
+        return self._env
+
+    def steps(self, facts: UpdateFacts, p: pl.Plan, digests: dict[str, str],
+              started: float | None = None) -> list[st.Op]:
+        """Every step of applying ``p`` on this host, in order (see ``ops.update.steps.sequence``)."""
+        return st.sequence(p, facts, self.conf, digests, time.time() if started is None else started,
+                           vm=self.vm, engine_unit=self.engine_unit)
 
     def facts(self) -> UpdateFacts:
         """Host facts plus, when a restart is needed, the running managed containers."""
@@ -514,124 +473,62 @@ class Session:
 
     # -- apply --
     def apply(self, facts: UpdateFacts, p: pl.Plan) -> dict[str, Any]:
-        """Apply the plan's steps in order; the journal first when containers stop, a copy of what is
-        replaced before the first change (put back if the new engine does not answer)."""
-        host, conf = self.host, self.conf
+        """Apply the plan: run, in order, every command of the steps ``ops.update.steps.sequence`` makes
+        of it (the copies and apt's checks first, the journal before any container stops, a copy of what
+        is replaced before the first change); a failure puts a new install back when the new engine did
+        not answer, and starts the stopped containers again."""
+        host = self.host
         names = [c.name for c in p.stop]
         digests = preflight(p)  # a damaged bundle is refused before anything is stopped
-        # so is a copy that arrived damaged on the target, or a package apt cannot install there
-        staged: dict[str, str] = {}
-        for step in p.steps:
-            if step.action == pl.DOCKERD:
-                tarball = str(step.data["tarball"])
-                staged[tarball] = stage(host, Path(tarball), digests[tarball])
-            elif step.action == pl.SYSBOX:
-                deb = str(step.data["deb"])
-                staged[deb] = stage_sysbox(host, Path(deb), digests[deb])
-        drifted = {d.path for d in facts.drift}
-        files: list[RenderedFile] = [f for f in facts.rendered if f.path in drifted]
-        new_version = next((str(s.data["version"]) for s in p.steps if s.action == pl.DOCKERD), None)
-        if names or any(s.action in (pl.SYSBOX, pl.RESTART_SYSBOX, pl.RESTART_ENGINE) for s in p.steps):
-            self.restart_budget()  # read now: not while the containers are down
-        sysbox_before = sysbox_invocation(host) if any(s.action == pl.SYSBOX for s in p.steps) else None
-        keep = [f.path for f in files]
-        # something the engine runs on is replaced (on lima-vm only the stop hook is ours: nothing to
-        # roll back that would make the VM's docker.service start)
-        guarded = bool(keep or new_version) and not self.vm
-        if self.lock is not None:
-            self.lock.check()
-        j: jr.Journal | None = None
-        if names:
-            j = jr.Journal(facts.target, tuple(names), tuple(p.actions()))
-            jr.write(host, conf, j)  # BEFORE any container stops
-        if guarded:
+        ops = self.steps(facts, p, digests)
+        runner = st.Runner(host, self.env)
+        backup = next((op for op in ops if isinstance(op, st.Backup)), None)
+        keep = list(backup.files) if backup is not None else []
+        new_version = next((op.version for op in ops if isinstance(op, st.Unpack)), None)
+        guarded = backup is not None
+        state = {"changed": False, "sysbox": False, "touched": False, "stopped": False}
+        journaled = checked = False
+        for op in ops:
+            if op.region == st.CLEANUP:
+                with contextlib.suppress(OpsError):
+                    runner.run_op(op)
+                continue
+            if not checked and op.region != st.PREPARE and self.lock is not None:
+                self.lock.check()  # the lock still held before the first change
+            checked = checked or op.region != st.PREPARE
+            if op.region != st.MAIN:
+                try:
+                    runner.run_op(op)
+                except OpsError:
+                    if op.region == st.BACKUP and journaled:
+                        with contextlib.suppress(OpsError):
+                            jr.clear(host, self.conf)
+                    raise
+                journaled = journaled or op.region == st.JOURNAL
+                continue
             try:
-                rb.backup(host, conf, keep, new_version)  # BEFORE anything changes
-            except OpsError:
-                if j is not None:
-                    with contextlib.suppress(OpsError):
-                        jr.clear(host, conf)
+                if op.step is not None:
+                    self.emit(f"- {op.step.summary}")
+                state["touched"] = state["touched"] or op.touches
+                state["stopped"] = state["stopped"] or op.stops
+                state["changed"] = state["changed"] or op.changes
+                state["sysbox"] = state["sysbox"] or op.installs_sysbox
+                runner.run_op(op)
+            except OpsError as exc:
+                failure = exc
+                if new_version:
+                    discard_unpacked(host, self.conf, new_version)
+                if guarded and not self.env.engine_ok:
+                    failure = self._rollback(exc, keep, new_version, state["changed"], state["sysbox"],
+                                             state["touched"])
+                if not journaled:
+                    raise failure from None
+                raise self._recover(failure, names, state["stopped"]) from None
+            except KeyboardInterrupt:
+                if journaled:
+                    self.warn(f"interrupted: the stopped containers are recorded in {jr.path(self.conf)}; "
+                              "run inv update --resume")
                 raise
-        state = {"changed": False, "engine_ok": not guarded, "sysbox": False, "touched": False, "stopped": False}
-        sysbox_restarted = False
-        # While containers are down only what needs them down runs: the drifted files are written and
-        # systemd reads them (daemon-reload restarts nothing) before the stop; nothing that runs is
-        # restarted before step RESTART_*, and a failure before it puts the files back without a restart.
-        early = (pl.UNITS, pl.RELOAD) if names else ()
-        ordered = [s for s in p.steps if s.action in early] + [s for s in p.steps if s.action not in early]
-        try:
-            if new_version:
-                # unpacked before the containers stop; the switch after the stop is renames only
-                unpack_dockerd(host, conf, staged[str(next(s.data["tarball"] for s in p.steps
-                                                           if s.action == pl.DOCKERD))], new_version)
-            for step in ordered:
-                self.emit(f"- {step.summary}")
-                if step.action in (pl.SYSBOX, pl.RESTART_SYSBOX, pl.RESTART_ENGINE):
-                    state["touched"] = True  # the running engine or Sysbox may go down from here on
-                if step.action == pl.STOP:
-                    state["stopped"] = True
-                    stop_containers(self.docker_host, conf, names, self.emit, self.opts.progress)
-                elif step.action == pl.DOCKERD:
-                    state["changed"] = True
-                    tarball = str(step.data["tarball"])
-                    switch_dockerd(host, conf, step.data["version"])
-                elif step.action == pl.SYSBOX:
-                    state["sysbox"] = True
-                    deb = str(step.data["deb"])
-                    install_sysbox(host, Path(deb), digests[deb], staged[deb],
-                                   timeout=tm.apt_budget(self.restart_budget()))
-                    if sysbox_before is not None:
-                        after = sysbox_invocation(host)
-                        sysbox_restarted = after[1] == "active" and after[0] != sysbox_before[0]
-                elif step.action == pl.UNITS:
-                    state["changed"] = True
-                    host.write_files([(f.path, f.text, f.mode) for f in files])  # one round trip
-                elif step.action == pl.RELOAD:
-                    # containai: the engine unit (it Wants= the guard); lima-vm: the guard, into docker.service;
-                    # the new units' timeouts count from now on (read in the same command)
-                    enable = GUARD_UNIT if self.vm else ENGINE_UNIT
-                    out = host.sh(f"systemctl daemon-reload && systemctl enable {enable} >/dev/null && "
-                                  + tm.show_command((self.engine_unit, GUARD_UNIT)),
-                                  what=f"systemctl daemon-reload and enable {enable}")
-                    self._budget = tm.restart_budget(conf, tm.parse_show(out), self.engine_unit)
-                elif step.action == pl.RESTART_SYSBOX:
-                    if sysbox_restarted:
-                        self.emit("  (the package's scripts restarted sysbox.service on the new Sysbox: "
-                                  "not restarted twice)")
-                    else:
-                        restart_unit(host, "sysbox.service", self.restart_budget())
-                elif step.action == pl.RESTART_ENGINE:
-                    restart_unit(host, self.engine_unit, self.restart_budget())
-                    wait_engine(self.docker_host, conf, unit=self.engine_unit)
-                    state["engine_ok"] = True
-                    # the copy is not needed any more, and the stop hook must run (one command)
-                    drop = f"rm -rf {shlex.quote(rb.backup_dir(conf))}; " if guarded else ""
-                    host.sh(f"{drop}systemctl start {GUARD_UNIT}", what=f"systemctl start {GUARD_UNIT}")
-                elif step.action == pl.START_GUARD:
-                    host.sh(f"systemctl start {GUARD_UNIT}", what=f"systemctl start {GUARD_UNIT}")
-                elif step.action == pl.START:
-                    bad = start_containers(self.docker_host, conf, names)
-                    if bad:
-                        raise OpsError(f"could not start {', '.join(bad)} after the update",
-                                       "see `docker logs NAME`; then inv update --resume")
-                if j is not None:
-                    j = j.with_done(step.action)
-                    jr.write(host, conf, j)
-        except OpsError as exc:
-            failure = exc
-            if new_version:
-                discard_unpacked(host, conf, new_version)
-            if guarded and not state["engine_ok"]:
-                failure = self._rollback(exc, keep, new_version, state["changed"], state["sysbox"],
-                                         state["touched"])
-            if j is None:
-                raise failure from None
-            raise self._recover(failure, names, state["stopped"]) from None
-        except KeyboardInterrupt:
-            if j is not None:
-                self.warn(f"interrupted: the stopped containers are recorded in {jr.path(conf)}; "
-                          "run inv update --resume")
-            raise
         return {"stopped": names}
 
     def _rollback(self, exc: OpsError, files: list[str], new_version: str | None, changed: bool,
@@ -665,7 +562,7 @@ class Session:
             # the new engine unit pulled in the stop hook: stop it while its files are still the new ones
             host.probe(f"systemctl stop {GUARD_UNIT}", timeout=restart)
             rb.restore(host, conf, files, new_version)
-            self._budget = None
+            self.env.budget = None
             restart_unit(host, ENGINE_UNIT, self.restart_budget())
             wait_engine(self.docker_host, conf)
             start_unit_if_loaded(host, GUARD_UNIT)
@@ -792,8 +689,16 @@ def run_update(base_ctx: Any, conf: CaiConfig, target_text: str, opts: Options, 
                  "and started again:")
             for c in p.stop:
                 emit(f"    {c.name}  {c.image}  {c.state}")
-        preflight(p)  # also on a dry run: a damaged bundle is reported now, not half-way
+        digests = preflight(p)  # also on a dry run: a damaged bundle is reported now, not half-way
         if opts.dry_run:
+            if opts.commands:
+                ops = s.steps(facts, p, digests)
+                env = st.Env(s.conf, s.engine_unit, s.vm)
+                emit(f"{s.resolved.name}: the commands of this update, in order (root# as root, user$ as the "
+                     "login user, put: a copy to the host, engine: a Docker API call):")
+                for line in st.render(ops, env):
+                    emit("  " + line)
+                report["commands"] = st.as_json(ops, env)
             report["result"] = "dry-run"
             emit("dry run: nothing was changed")
             return report

@@ -28,6 +28,9 @@ PROBE_TIMEOUT = 60
 #: may not exceed 128 KiB (``sudo -n sh -c``), and base64 makes the content a third larger.
 INLINE_MAX = 48 * 1024
 _WRITING = "@@CAI-WRITING "
+#: How the private staging directory is made (as the login user: the copies arrive as that user).
+STAGING_TEMPLATE = "/tmp/containai-ops.XXXXXX"
+MKTEMP = f"mktemp -d {STAGING_TEMPLATE}"
 
 
 class CutError(OpsError):
@@ -91,7 +94,7 @@ class Host:
     def staging(self) -> str:
         """A private temporary directory on the target (created once, removed by ``cleanup``)."""
         if self._staging is None:
-            code, out, err = _run(self.ctx, "mktemp -d /tmp/containai-ops.XXXXXX", PROBE_TIMEOUT)
+            code, out, err = _run(self.ctx, MKTEMP, PROBE_TIMEOUT)
             if code != 0 or not out.strip():
                 raise OpsError(f"cannot create a temporary directory on {self.name}: {err.strip()[:200]}",
                                "check that /tmp is writable")
@@ -105,15 +108,23 @@ class Host:
                 _run(self.ctx, f"rm -rf {shlex.quote(self._staging)}", PROBE_TIMEOUT)
             self._staging = None
 
+    def adopt_staging(self, path: str) -> None:
+        """Use ``path`` (made by ``mktemp -d`` as :data:`MKTEMP` says) as the staging directory."""
+        self._staging = path
+
     def upload(self, local: str | Path, name: str) -> str:
         """Copy a local file into the staging directory on the target; return its remote path."""
         remote = f"{self.staging()}/{name}"
+        self.put(local, remote)
+        return remote
+
+    def put(self, local: str | Path, remote: str) -> None:
+        """Copy a local file to ``remote`` on the target (as the login user)."""
         try:
             self.ctx.put(str(local), remote=remote)
         except Exception as exc:
             raise OpsError(f"cannot copy {local} to {self.name}: {str(exc).strip()[:200]}",
                            "check free space in /tmp on the target") from None
-        return remote
 
     def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
         """Write a file atomically and durably as root (see :func:`install_command`).
@@ -129,20 +140,13 @@ class Host:
         its units while the containers are down in one round trip. A failure names the file."""
         if not files:
             return
-        if sum(len(text.encode()) for _p, text, _m in files) > INLINE_MAX:
+        if not inline(files):
             for path, text, mode in files:
                 self._write_uploaded(path, text, mode)
             return
-        script = "\n".join(f"echo {shlex.quote(_WRITING + path)}\n"
-                           f"{{ {inline_install_command(path, text, mode)}; }} || exit $?"
-                           for path, text, mode in files)
-        code, out, err = self.run(script, what=f"writing {files[0][0]}")
+        code, out, err = self.run(write_script(files), what=f"writing {files[0][0]}")
         if code != 0:
-            failed = [line[len(_WRITING):] for line in out.splitlines() if line.startswith(_WRITING)]
-            tail = [line for line in err.strip().splitlines() if line.strip()]
-            raise OpsError(f"writing {failed[-1] if failed else files[0][0]} failed on {self.name} (exit {code})"
-                           + (f": {tail[-1].strip()[:300]}" if tail else ""),
-                           "fix the cause shown, then rerun (inv update --resume restarts stopped containers)")
+            raise write_failure(files, code, out, err, self.name)
 
     def _write_uploaded(self, path: str, text: str, mode: int) -> None:
         """Write one (large) file through a copy into the staging directory."""
@@ -179,6 +183,28 @@ class Host:
         """A file's content on the target (read as root), or None when it does not exist."""
         state = self.read_files([path])[path]
         return state.text if state.exists else None
+
+
+def inline(files: list[tuple[str, str, int]]) -> bool:
+    """Pure: the files are small enough to be carried in one command (see ``INLINE_MAX``)."""
+    return sum(len(text.encode()) for _p, text, _m in files) <= INLINE_MAX
+
+
+def write_script(files: list[tuple[str, str, int]]) -> str:
+    """Pure: the ONE command that writes small files (path, text, mode) in order, each as
+    :func:`inline_install_command` does, announcing each file first (so a failure names it)."""
+    return "\n".join(f"echo {shlex.quote(_WRITING + path)}\n"
+                     f"{{ {inline_install_command(path, text, mode)}; }} || exit $?"
+                     for path, text, mode in files)
+
+
+def write_failure(files: list[tuple[str, str, int]], code: int, out: str, err: str, where: str) -> OpsError:
+    """Pure: the error of a failed :func:`write_script`, naming the file it was writing."""
+    failed = [line[len(_WRITING):] for line in out.splitlines() if line.startswith(_WRITING)]
+    tail = [line for line in err.strip().splitlines() if line.strip()]
+    return OpsError(f"writing {failed[-1] if failed else files[0][0]} failed on {where} (exit {code})"
+                    + (f": {tail[-1].strip()[:300]}" if tail else ""),
+                    "fix the cause shown, then rerun (inv update --resume restarts stopped containers)")
 
 
 def _run(ctx: Any, command: str, timeout: int) -> tuple[int, str, str]:
