@@ -190,7 +190,7 @@ def _extra_checks(layout: Any = None) -> list[Check]:
     def ownership(r: Resolved, engine: Any, conf: CaiConfig) -> list[Finding]:
         if engine is None:
             return []
-        return repair.doctor_findings(engine, conf, r.name, r.platform)
+        return repair.doctor_findings(engine, conf, r.name, r.platform, where=r)
 
     return [unit_checks, ownership, ssh_health.doctor_findings]
 

@@ -1,4 +1,6 @@
-"""Repair of managed volumes: gather facts, plan (pure), pre-flight every path, then walk.
+"""Repair of managed volumes: gather facts through the engine, plan (pure), then the engine host
+opens every planned path and walks (:mod:`ops.repair.onhost`, in this process for the local host or
+under the target's python3), and its answer becomes one result per volume (pure).
 
 Nothing is changed before every volume in scope has been opened safely: a volume whose path is a
 symlink stops the whole run with nothing changed.
@@ -6,30 +8,27 @@ symlink stops the whole run with nothing changed.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ops.config import CaiConfig
 from ops.engine import Engine, ManagedContainer
 from ops.errors import ConfigError
+from ops.repair import onhost
 from ops.repair.scope import (
-    MountedVolumeError,
     Owner,
     Volume,
     detect_owner,
     managed_volumes,
-    open_data_root,
-    open_volume,
+    refusal_error,
     volume_attrs_problem,
     volume_path,
 )
-from ops.repair.walk import WalkOptions, WalkStats, walk
+from ops.repair.walk import WalkStats
 from ops.repair.where import data_root_visible as data_root_visible  # re-exported: callers use core.*
 from ops.repair.where import in_container as in_container
 
-MACOS_MESSAGE = "Volume repair is not supported on macOS (volumes live inside the Lima VM)"
 CONTAINER_MESSAGE = (
     "Volume repair is not supported inside a container (volumes live on the engine host; "
     "run it there)"
@@ -38,16 +37,14 @@ CONTAINER_MESSAGE = (
 
 # --- where we run ---------------------------------------------------------------------------------
 
-def unsupported_message(platform: str, sysname: str, inside_container: bool, root_visible: bool) -> str:
-    """Pure: the "not supported here" message, or '' when repair can run.
+def unsupported_message(inside_container: bool, root_visible: bool) -> str:
+    """Pure: the "not supported here" message of the local host, or '' when repair can run.
 
-    macOS (configured or detected): volumes live in the Lima VM. Inside a container: only when the
-    engine's data root is not visible here; a container that sees the data root (an admin container
-    with the host's data root mounted, or a test machine running its own engine) is on the engine host
-    as far as repair is concerned.
+    Inside a container only when the engine's data root is not visible here; a container that sees
+    the data root (an admin container with the host's data root mounted, or a test machine running
+    its own engine) is on the engine host as far as repair is concerned. (A Mac repairs through its
+    Lima VM: its local target is the VM, see ``ops.targets.effective_target``.)
     """
-    if platform == "macos" or (not platform and sysname == "Darwin"):
-        return MACOS_MESSAGE
     if inside_container and not root_visible:
         return CONTAINER_MESSAGE
     return ""
@@ -164,75 +161,41 @@ class VolumeResult:
         return self.stats is None or not self.stats.complete
 
 
-@dataclass
-class Preflight:
-    """Every planned volume root opened (``fds``), or refused with a reason (``refused``)."""
+def request(plans: list[VolumePlan], data_root: str, dry_run: bool, workers: int | None) -> dict[str, Any]:
+    """Pure: the engine host's request (:mod:`ops.repair.onhost`) for the planned volumes: every volume
+    root opened before anything changes (a symlink on the way stops everything), then walked.
+    ``workers`` None: as many as the engine host has cores."""
+    return {
+        "protocol": onhost.PROTOCOL, "data_root": data_root, "apply": not dry_run, "strict": True,
+        "workers": workers, "budget": None, "examples": 5,
+        "volumes": [{"name": p.name, "uid": p.owner.uid, "gid": p.owner.gid} for p in plans if p.owner is not None],
+    }
 
-    fds: dict[str, int] = field(default_factory=dict)
-    refused: dict[str, str] = field(default_factory=dict)
 
-
-def preflight(data_root: str, plans: list[VolumePlan]) -> Preflight:
-    """Open every planned volume root safely before anything changes.
-
-    A volume whose ``_data`` is a mount point is refused (the others go on); any other unsafe path
-    (a symlink, not a directory) raises at once, with nothing changed anywhere.
-    """
-    out = Preflight()
-    fds = out.fds
-    todo = [p for p in plans if p.owner is not None]
-    if not todo:
-        return out
-    volumes_fd = open_data_root(data_root)
-    try:
-        for p in todo:
-            try:
-                fds[p.name] = open_volume(volumes_fd, data_root, p.name)
-            except MountedVolumeError as exc:
-                out.refused[p.name] = exc.message
-    except BaseException:
-        for fd in fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        raise
-    finally:
-        os.close(volumes_fd)
+def results(plans: list[VolumePlan], answer: dict[str, Any], dry_run: bool, where: str = "") -> list[VolumeResult]:
+    """Pure: one result per plan from the engine host's answer; skipped plans pass through with their
+    reason. An answer that refused the whole repair raises its typed error (nothing was changed);
+    ``where`` names a remote target in that message."""
+    if answer.get("error"):
+        err = answer["error"]
+        raise refusal_error(onhost.Refusal(str(err.get("kind", "")), str(err.get("message", "")),
+                                           str(err.get("hint", ""))), where)
+    by_name = {str(v["name"]): v for v in answer.get("volumes") or []}
+    out = []
+    for p in plans:
+        if p.owner is None:
+            out.append(VolumeResult(p, None, "", dry_run, p.skip))
+            continue
+        got = by_name.get(p.name)
+        if got is None:
+            out.append(VolumeResult(p, None, "the engine host did not report this volume", dry_run))
+        elif "refused" in got:
+            out.append(VolumeResult(p, None, "", dry_run, str(got["refused"])))
+        elif "error" in got:
+            out.append(VolumeResult(p, None, str(got["error"]), dry_run))
+        else:
+            out.append(VolumeResult(p, onhost.stats_from_dict(got["stats"]), "", dry_run))
     return out
-
-
-def apply(
-    plans: list[VolumePlan],
-    opened: Preflight,
-    dry_run: bool,
-    workers: int,
-    on_start: Callable[[VolumePlan], None] | None = None,
-    on_progress: Callable[[int], None] | None = None,
-) -> list[VolumeResult]:
-    """Walk every planned volume (closing the fds); skipped and refused plans pass through with their
-    reason."""
-    results = []
-    fds = opened.fds
-    try:
-        for p in plans:
-            if p.owner is None:
-                results.append(VolumeResult(p, None, "", dry_run, p.skip))
-                continue
-            if p.name in opened.refused:
-                results.append(VolumeResult(p, None, "", dry_run, opened.refused[p.name]))
-                continue
-            if on_start is not None:
-                on_start(p)
-            opts = WalkOptions(uid=p.owner.uid, gid=p.owner.gid, apply=not dry_run, workers=workers)
-            try:
-                stats = walk(fds[p.name], opts, on_progress)
-                results.append(VolumeResult(p, stats, "", dry_run))
-            except OSError as exc:
-                results.append(VolumeResult(p, None, f"walk failed: {exc.strerror or exc}", dry_run))
-    finally:
-        for fd in fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    return results
 
 
 def check_data_root(engine: Engine, conf: CaiConfig) -> None:

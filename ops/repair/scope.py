@@ -6,24 +6,21 @@ read the engine and never change anything.
 
 from __future__ import annotations
 
-import errno
 import io
 import os
-import re
-import stat
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ops.engine import Engine, ManagedContainer
-from ops.errors import ConfigError, EngineError, NotFoundError, OpsError
-from ops.repair.walk import mount_id
+from ops.errors import ConfigError, EngineError, NotFoundError, OpsError, RefusedError
+from ops.repair import onhost
+from ops.repair.onhost import VOLUME_NAME_RE as VOLUME_NAME_RE
+from ops.repair.onhost import valid_volume_name as valid_volume_name
 
-VOLUME_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
 DEFAULT_ID = 1000
 MAX_ID = 2**32 - 2
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UnsafeVolumeError(OpsError):
@@ -35,11 +32,6 @@ class MountedVolumeError(UnsafeVolumeError):
 
 
 # --- pure parsers ------------------------------------------------------------------------------
-
-def valid_volume_name(name: str) -> bool:
-    """True when a volume name is safe to build a path from."""
-    return bool(VOLUME_NAME_RE.match(name))
-
 
 def volume_names(attrs: dict[str, Any]) -> list[str]:
     """Pure parser: the named volumes (Mounts of Type volume) of a container inspect document."""
@@ -260,69 +252,31 @@ def volume_path(data_root: str, name: str) -> str:
 
 
 def open_data_root(data_root: str) -> int:
-    """Open ``<data_root>/volumes`` (the configured data root may itself be a link)."""
+    """Open ``<data_root>/volumes`` (the configured data root may itself be a link); see
+    :func:`ops.repair.onhost.open_data_root`."""
     try:
-        root = os.open(data_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NotFoundError(
-            f"data root {data_root} does not exist",
-            "set cai.data_root to the engine's data root (docker info: Docker Root Dir)",
-        ) from None
-    except PermissionError:
-        raise OpsError(f"cannot read the data root {data_root}", "run as root (sudo)") from None
-    try:
-        return _open_step(root, "volumes", data_root)
-    finally:
-        os.close(root)
+        return onhost.open_data_root(data_root)
+    except onhost.Refusal as exc:
+        raise refusal_error(exc) from None
 
 
 def open_volume(volumes_fd: int, data_root: str, name: str) -> int:
     """Open a volume's ``_data`` without following any link below ``<data_root>/volumes``.
 
     Raises UnsafeVolumeError for a symlink or non-directory on the way, MountedVolumeError when
-    ``_data`` is a mount point (its mount ID differs from the volume directory's): the local driver
-    mounts something there only for a volume with options, which are refused earlier.
+    ``_data`` is a mount point (see :func:`ops.repair.onhost.open_volume`).
     """
-    if not valid_volume_name(name):
-        raise UnsafeVolumeError(f"volume name {name!r} is not a plain name", "nothing was changed")
-    vpath = os.path.join(data_root, "volumes", name)
-    vdir = _open_step(volumes_fd, name, os.path.join(data_root, "volumes"))
     try:
-        data = _open_step(vdir, "_data", vpath)
-        try:
-            mounted = mount_id(data) != mount_id(vdir)
-        except OSError as exc:
-            os.close(data)
-            raise OpsError(f"cannot read the mount ID of {vpath}/_data ({exc.strerror})",
-                           "is /proc mounted? repair needs /proc/self/fdinfo") from None
-        if mounted:
-            os.close(data)
-            raise MountedVolumeError(
-                f"{vpath}/_data is a mount point (another filesystem or a bind mount), not the volume's "
-                "own directory",
-                "its files may not be the volume's: inspect the mount (findmnt) and repair it by hand",
-            )
-        return data
-    finally:
-        os.close(vdir)
+        return onhost.open_volume(volumes_fd, data_root, name)
+    except onhost.Refusal as exc:
+        raise refusal_error(exc) from None
 
 
-def _open_step(parent: int, name: str, parent_path: str) -> int:
-    path = os.path.join(parent_path, name)
-    try:
-        return os.open(name, DIR_FLAGS, dir_fd=parent)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            try:
-                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-                what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
-            except OSError:
-                what = "not a directory"
-            raise UnsafeVolumeError(
-                f"{path} is {what}", "refusing to repair this volume; nothing was changed"
-            ) from None
-        if exc.errno == errno.ENOENT:
-            raise NotFoundError(f"{path} does not exist", "check cai.data_root") from None
-        if exc.errno == errno.EACCES:
-            raise OpsError(f"cannot open {path}", "run as root (sudo)") from None
-        raise OpsError(f"cannot open {path} ({exc.strerror})") from None
+def refusal_error(exc: onhost.Refusal, where: str = "") -> OpsError:
+    """The typed error of a refusal of the engine host's side (``where``: the target, for messages)."""
+    message = f"{where}: {exc.message}" if where else exc.message
+    kinds: dict[str, type[OpsError]] = {onhost.NOT_FOUND: NotFoundError, onhost.UNSAFE: UnsafeVolumeError,
+                                        onhost.MOUNTED: MountedVolumeError}
+    if exc.kind == onhost.NOT_ROOT:
+        return RefusedError(message, exc.hint, exit_code=1)
+    return kinds.get(exc.kind, OpsError)(message, exc.hint)

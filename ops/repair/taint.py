@@ -62,15 +62,39 @@ def first_member(stream: Any) -> tarfile.TarInfo | None:
         return tar.next()
 
 
-def sudo_owner(engine: Engine, container: ManagedContainer) -> SudoOwner | None:
-    """The owner of /usr/bin/sudo in a container; None when there is no sudo or it cannot be read."""
+@dataclass(frozen=True)
+class SudoUnknown:
+    """The owner of /usr/bin/sudo in one container could not be read: cannot tell (never "clean")."""
+
+    container: str
+    reason: str
+
+
+def sudo_owner(engine: Engine, container: ManagedContainer) -> SudoOwner | SudoUnknown | None:
+    """The owner of /usr/bin/sudo in a container; None when there is no sudo; SudoUnknown when the
+    archive request failed (the engine refused it, the connection broke, a malformed answer)."""
     try:
         member = archive_header(engine, container.id, SUDO)
-    except Exception:
-        return None
+    except Exception as exc:
+        text = str(exc).strip()
+        return SudoUnknown(container.name, (text.splitlines()[0] if text else type(exc).__name__)[:200])
     if member is None:
         return None
     return SudoOwner(container.name, member.uid, member.gid, "archive")
+
+
+def unknown_finding(unknown: SudoUnknown, target: str, platform: str) -> Finding:
+    """The ``rootfs.not-checked`` warning: the taint of one container cannot be told."""
+    return Finding(
+        code="rootfs.not-checked",
+        severity="warning",
+        target=target,
+        platform=platform,
+        message=(f"container {unknown.container}: cannot tell whether its root filesystem is tainted: "
+                 f"reading the owner of {SUDO} through the archive API failed ({unknown.reason})"),
+        hint=f"check the engine (docker cp {unknown.container}:{SUDO} - | tar -tv), then run inv doctor again",
+        data={"container": unknown.container, "reason": unknown.reason},
+    )
 
 
 def taint_finding(owner: SudoOwner, target: str, platform: str) -> Finding:
@@ -93,7 +117,8 @@ def taint_finding(owner: SudoOwner, target: str, platform: str) -> Finding:
 
 
 def taint_findings(engine: Engine, containers: list[ManagedContainer], target: str, platform: str) -> list[Finding]:
-    """A ``rootfs.tainted`` finding for every managed container whose sudo is not 0:0.
+    """A ``rootfs.tainted`` finding for every managed container whose sudo is not 0:0, and a
+    ``rootfs.not-checked`` one for every container whose sudo could not be read.
 
     Containers are asked in parallel (one archive request each, its tar header read), in a stable order.
     """
@@ -104,4 +129,10 @@ def taint_findings(engine: Engine, containers: list[ManagedContainer], target: s
     # the engine serves these from its own threads: a few requests at a time per core keep it busy
     with ThreadPoolExecutor(max_workers=min(16, 2 * (os.cpu_count() or 1), len(containers))) as pool:
         owners = list(pool.map(lambda c: sudo_owner(engine, c), containers))
-    return [taint_finding(o, target, platform) for o in owners if o is not None and o.tainted]
+    out = []
+    for o in owners:
+        if isinstance(o, SudoUnknown):
+            out.append(unknown_finding(o, target, platform))
+        elif o is not None and o.tainted:
+            out.append(taint_finding(o, target, platform))
+    return out

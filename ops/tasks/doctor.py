@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import sys
 from typing import Any
 
@@ -24,10 +23,11 @@ FIXABLE = ("ownership.damaged", "ssh.container-key-refused")
     help={
         "json": "print one JSON document ({\"schema\": 1, ...}) instead of a table; --fix results go inside it",
         "fix": "apply safe fixes (ownership repair of all managed volumes; the public key put back into a "
-               "container that refuses it) after checking, then check again (local host only)",
+               "container that refuses it) after checking, then check again; the repair runs on each target "
+               "with damage",
         "target": "target to check: local, lima:<vm> or ssh://user@host:port (repeatable)",
-        "repair": "run the ownership repair instead of the checks (same as inv repair; default scope: all "
-                  "managed containers; local host only)",
+        "repair": "run the ownership repair instead of the checks (same as inv repair --target; default "
+                  "scope: all managed containers)",
         "all": "with --repair: repair the volumes of all managed containers (the default)",
         "container": "with --repair: repair only this managed container's volumes",
         "dry_run": "with --repair or --fix: say what would change, change nothing",
@@ -52,22 +52,19 @@ def doctor(
     conf = cfg(c)
     targets = targets_of(conf, target)
     if repair:
-        # the platform comes first: "not supported" (exit 0) before any flag or target is judged
-        message = repair_unsupported(conf)
-        if message:
-            print(message)
-            return
-        refuse_remote(targets, "--repair")
-        from ops.tasks.repair import run_repair
+        # the repair on each target (on a Mac without --target: the Lima VM), as inv repair does
+        from ops.tasks.repair import repair_fleet, run_repair
 
-        # no scope flag means all managed containers; --container narrows it
-        code = run_repair(c, all=all, container=container or None, dry_run=dry_run,
-                          uid=None if uid < 0 else uid, gid=None if gid < 0 else gid, default_all=True)
+        if len(targets) > 1 or json_:
+            code = repair_fleet(c, targets, all, container or None, dry_run, None if uid < 0 else uid,
+                                None if gid < 0 else gid, default_all=True, json_=json_)
+        else:  # no scope flag means all managed containers; --container narrows it
+            code = run_repair(c, all=all, container=container or None, dry_run=dry_run,
+                              uid=None if uid < 0 else uid, gid=None if gid < 0 else gid, default_all=True,
+                              target=targets[0])
         if code:
             raise Exit(code=code)
         return
-    if fix:
-        refuse_remote(targets, "--fix")
     from ops.doctor import run_doctor
     from ops.findings import has_error, to_document
 
@@ -78,8 +75,10 @@ def doctor(
     if fix:
         fixable = sorted({f.code for r in reports for f in r.findings if f.code in FIXABLE})
         ownership = [f for f in fixable if f.startswith("ownership.")]
+        damaged = list(dict.fromkeys(f.target for r in reports for f in r.findings if f.code in ownership))
         # with only SSH fixes to do, the repair has nothing to run and nothing to say
-        fix_result = apply_fixes(c, ownership, dry_run, capture=json_ or (not ownership and bool(fixable)))
+        fix_result = apply_fixes(c, ownership, dry_run, capture=json_ or (not ownership and bool(fixable)),
+                                 targets=damaged)
         fix_result["ssh"] = ssh_fixes([f for r in reports for f in r.findings], conf, dry_run, capture=json_)
         if fixable and not dry_run:  # apply, then check again: the findings are the state after the fix
             reports = run_doctor(targets, conf, c)
@@ -98,34 +97,19 @@ def doctor(
         raise Exit(code=1)
 
 
-def repair_unsupported(conf: Any) -> str:
-    """The repair module's "not supported here" message (macOS, a container without the data root)."""
-    from ops.repair import core
-
-    return str(core.unsupported_message(conf.platform, os.uname().sysname, core.in_container(),
-                                        core.data_root_visible(conf.data_root)))
-
-
-def refuse_remote(targets: list[str], flag: str) -> None:
-    """Repair and fixes run on the local host only: any other target is refused (never silently replaced
-    by the local host)."""
-    from ops.errors import TargetError
-    from ops.targets import parse_target
-
-    remote = [t for t in targets if parse_target(t).remote]
-    if remote:
-        raise TargetError(f"{flag} acts on the local host only and does not run on {', '.join(remote)}",
-                          f"run `inv doctor {flag}` on that host itself, or drop --target")
-
-
-def apply_fixes(c: Any, fixable: list[str], dry_run: bool, capture: bool) -> dict[str, Any]:
+def apply_fixes(c: Any, fixable: list[str], dry_run: bool, capture: bool,
+                targets: list[str] | None = None) -> dict[str, Any]:
     """Run the fixes for the fixable finding codes; return what happened (for JSON and the exit code).
 
-    With ``capture`` the repair's output is collected into the result instead of stdout (``--json``
-    prints one JSON document and nothing else on stdout); its warnings still go to stderr.
+    The ownership repair (all managed volumes) runs on each of ``targets`` (the targets whose findings
+    asked for it, as doctor named them: ``local``, ``lima:<vm>``, ``ssh://...``; default: the local
+    target), on the engine host as ``inv repair --target`` does. With ``capture`` the repair's output is
+    collected into the result instead of stdout (``--json`` prints one JSON document and nothing else on
+    stdout); its warnings still go to stderr.
     """
+    targets = list(targets or ["local"])
     result: dict[str, Any] = {"fixable": fixable, "dry_run": dry_run, "ran": bool(fixable), "exit_code": 0,
-                              "output": [], "error": None}
+                              "output": [], "error": None, "targets": targets if fixable else []}
     if not fixable:
         if not capture:
             print("nothing to fix automatically", file=sys.stderr)
@@ -134,13 +118,22 @@ def apply_fixes(c: Any, fixable: list[str], dry_run: bool, capture: bool) -> dic
     from ops.tasks.repair import run_repair
 
     out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out) if capture else contextlib.nullcontext():
-            result["exit_code"] = run_repair(c, all=True, container=None, dry_run=dry_run, uid=None, gid=None)
-    except OpsError as exc:
-        if not capture:
-            raise
-        result["exit_code"], result["error"] = exc.exit_code or 1, exc.line()
+    errors: list[str] = []
+    for target in targets:
+        if len(targets) > 1 and not capture:
+            print(f"repair on {target}:")
+        try:
+            with contextlib.redirect_stdout(out) if capture else contextlib.nullcontext():
+                code = run_repair(c, all=True, container=None, dry_run=dry_run, uid=None, gid=None, target=target)
+        except OpsError as exc:
+            if not capture and len(targets) == 1:
+                raise
+            code = exc.exit_code or 1
+            errors.append(f"{target}: {exc.line()}" if len(targets) > 1 else exc.line())
+            if not capture:
+                print(f"error: {errors[-1]}", file=sys.stderr)
+        result["exit_code"] = max(int(result["exit_code"]), code)
+    result["error"] = "; ".join(errors) or None
     result["output"] = out.getvalue().splitlines()
     return result
 

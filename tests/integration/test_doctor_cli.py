@@ -1,5 +1,5 @@
 """``inv doctor`` as users type it, through the real CLI on the real lab engine: ``--repair`` without a
-scope, the platform check before any flag check, targets that repair and ``--fix`` refuse, and
+scope, a Mac repairing through its Lima VM, ``--repair`` and ``--fix`` over several targets, and
 ``--json --fix`` printing one JSON document.
 
 Each test uses its own management label, so "all managed containers" only ever means this test's.
@@ -90,27 +90,39 @@ def test_repair_without_a_scope_means_all_managed_containers(damaged: Damaged) -
     assert all(owner(f) == (1000, 1000) for f in damaged.files)
 
 
-def test_platform_check_comes_before_any_flag_check() -> None:
-    """On macOS ``doctor --repair`` says "not supported" and exits 0, whatever the flags (before, a
-    scope error came first and exited 1)."""
-    env = {"INVOKE_CAI_PLATFORM": "macos"}
-    for args in ([], ["--all", "--container", "x"], ["--dry-run"], ["--target", "ssh://u@127.0.0.1:1"]):
+def test_a_mac_repairs_through_its_lima_vm(tmp_path: Path) -> None:
+    """On macOS ``doctor --repair`` repairs inside the Lima VM ``cai.lima_vm`` (it said "not supported"
+    before): bad flags are one line first, then a VM that is not there is named with the way out."""
+    lima = tmp_path / "lima"
+    lima.mkdir()
+    env = {"INVOKE_CAI_PLATFORM": "macos", "INVOKE_CAI_LIMA_HOME": str(lima)}
+    for args, first in [([], "error: Lima VM 'containai-docker' not found"),
+                        (["--dry-run"], "error: Lima VM 'containai-docker' not found"),
+                        (["--all", "--container", "x"], "error: give exactly one of --all or --container NAME")]:
         result = inv("doctor", "--repair", *args, env=env)
-        assert result.returncode == 0, result.stderr
-        assert "not supported on macOS" in result.stdout and not result.stderr
+        assert result.returncode == 1 and result.stdout == "", result.stdout + result.stderr
+        assert one_line_error(result).startswith(first), result.stderr
 
 
-@pytest.mark.parametrize("target", ["ssh://agent@127.0.0.1:1", "lima:containai-docker"])
-def test_repair_and_fix_refuse_a_named_target(damaged: Damaged, target: str) -> None:
-    """``doctor --repair --target X`` repaired the LOCAL host before; now any non-local target is refused
-    with one line and exit 1, and nothing is touched here."""
-    for args in (["--repair", "--all"], ["--repair"], ["--fix", "--json"], ["--fix"]):
-        result = inv("doctor", *args, "--target", "local", "--target", target, env=damaged.env)
-        assert result.returncode == 1, result.stdout + result.stderr
-        line = one_line_error(result)
-        assert target in line and "local host only" in line, line
-        assert result.stdout == ""
-    assert all(owner(f) == (NOBODY, NOBODY) for f in damaged.files)
+def test_repair_and_fix_on_a_fleet_with_an_unreachable_target(damaged: Damaged) -> None:
+    """``doctor --repair`` and ``--fix`` act on every target (they refused any non-local one before): the
+    local host is repaired, an unreachable target is its own failed result, exit 1."""
+    target = "ssh://agent@127.0.0.1:1"
+    result = inv("doctor", "--repair", "--dry-run", "--json", "--target", "local", "--target", target,
+                 env=damaged.env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    by = {t["target"]: t for t in doc["targets"]}
+    assert by["local"]["exit_code"] == 0 and by[target]["exit_code"] == 1, doc
+    assert [v["repaired"] for v in by["local"]["detail"]["volumes"]] == [1, 1]
+    assert f"[{target}] error: cannot reach" in result.stderr and "Traceback" not in result.stderr
+    assert all(owner(f) == (NOBODY, NOBODY) for f in damaged.files)  # a dry run
+
+    fixed = inv("doctor", "--fix", "--json", "--target", "local", "--target", target, env=damaged.env)
+    assert fixed.returncode == 1, fixed.stderr  # the unreachable target is an error finding
+    fix = json.loads(fixed.stdout)["fix"]
+    assert fix["targets"] == ["local"] and fix["exit_code"] == 0, fix
+    assert all(owner(f) == (1000, 1000) for f in damaged.files)
 
 
 def test_json_fix_prints_one_json_document(damaged: Damaged) -> None:
@@ -128,4 +140,4 @@ def test_json_fix_prints_one_json_document(damaged: Damaged) -> None:
 
     again = json.loads(inv("doctor", "--json", "--fix", env=damaged.env).stdout)
     assert again["fix"] == {"fixable": [], "dry_run": False, "ran": False, "exit_code": 0, "output": [],
-                            "error": None, "ssh": []}
+                            "error": None, "targets": [], "ssh": []}

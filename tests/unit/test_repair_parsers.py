@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -34,6 +37,7 @@ from ops.repair.walk import (
     SKIP_ERROR,
     SKIP_HARDLINK,
     SKIP_NO_LONGER,
+    Example,
     WalkStats,
     _c_id,
     _merge,
@@ -152,13 +156,12 @@ def test_show_path_examples() -> None:
 
 
 @pytest.mark.parametrize(
-    "platform, sysname, inside, visible, want",
-    [("macos", "Linux", False, True, core.MACOS_MESSAGE), ("", "Darwin", False, False, core.MACOS_MESSAGE),
-     ("linux", "Darwin", False, True, ""), ("", "Linux", True, False, core.CONTAINER_MESSAGE),
-     ("", "Linux", True, True, ""), ("", "Linux", False, False, "")],
+    "inside, visible, want",
+    [(True, False, core.CONTAINER_MESSAGE), (True, True, ""), (False, False, ""), (False, True, "")],
 )
-def test_unsupported_message(platform: str, sysname: str, inside: bool, visible: bool, want: str) -> None:
-    assert core.unsupported_message(platform, sysname, inside, visible) == want
+def test_unsupported_message(inside: bool, visible: bool, want: str) -> None:
+    """Only a container without the engine's data root is "not supported" (a Mac repairs through its VM)."""
+    assert core.unsupported_message(inside, visible) == want
 
 
 def _facts(name: str, *owners: tuple[str, Owner], problem: str = "") -> core.VolumeFacts:
@@ -232,3 +235,116 @@ def test_damage_left_is_a_failure() -> None:
     assert _result(None, None).failed, "a skipped volume is damage that may remain"
     assert _result(a, None, skipped_reason="its _data is a mount point").failed
     assert _result(a, None, error="walk failed: x").failed
+
+
+# --- the engine host's side and its answer -------------------------------------------------------------
+
+def test_a_failed_archive_request_is_cannot_tell_not_clean() -> None:
+    """The taint check's archive request failing (engine error, broken connection) is a visible
+    ``rootfs.not-checked`` warning, never a silent "not tainted"."""
+    from types import SimpleNamespace
+
+    from ops.repair.taint import SudoUnknown, sudo_owner, taint_findings
+
+    def refused(*_args: object, **_kwargs: object) -> None:
+        raise ConnectionError("Connection aborted.\nmore")
+
+    api = SimpleNamespace(base_url="http+docker://localhost", api_version="1.41", get=refused)
+    engine: Any = SimpleNamespace(client=SimpleNamespace(api=api))
+    box: Any = SimpleNamespace(name="box", id="abc123")
+    assert sudo_owner(engine, box) == SudoUnknown("box", "Connection aborted.")
+    found = taint_findings(engine, [box], "lima:vm", "macos")
+    assert [(f.code, f.severity, f.target) for f in found] == [("rootfs.not-checked", "warning", "lima:vm")]
+    assert "cannot tell" in found[0].message and found[0].data == {"container": "box",
+                                                                   "reason": "Connection aborted."}
+
+
+@given(st.lists(st.binary(min_size=1, max_size=20), max_size=4), st.integers(0, 10**6), st.booleans())
+def test_walk_stats_survive_the_answer(paths: list[bytes], scanned: int, truncated: bool) -> None:
+    import json
+
+    from ops.repair import onhost
+
+    stats = WalkStats(scanned=scanned, damaged=len(paths), repaired=len(paths), truncated=truncated,
+                      seconds=1.5, workers=3, errors=["a\\nb: Permission denied"],
+                      examples=[Example(p, "file", 65534, 7) for p in paths])
+    stats.skipped[SKIP_CHANGED] = 2
+    back = onhost.stats_from_dict(json.loads(json.dumps(onhost.stats_to_dict(stats))))
+    assert back == stats
+
+
+AGENT = Owner(1000, 1000, "id agent")
+
+
+def _plan(name: str, owner: Owner | None = AGENT) -> core.VolumePlan:
+    return core.VolumePlan(name, ("c",), f"/d/volumes/{name}/_data", owner, "" if owner else "disagree")
+
+
+def test_results_from_the_answer() -> None:
+    from ops.repair import onhost
+
+    plans = [_plan("a"), _plan("b"), _plan("c"), _plan("s", None), _plan("lost")]
+    request = core.request(plans, "/d", dry_run=True, workers=None)
+    assert request["apply"] is False and request["strict"] is True and request["workers"] is None
+    assert [v["name"] for v in request["volumes"]] == ["a", "b", "c", "lost"]  # skipped plans stay here
+    answer = {"protocol": 1, "volumes": [
+        {"name": "a", "stats": onhost.stats_to_dict(WalkStats(scanned=4, damaged=1, repaired=1))},
+        {"name": "b", "refused": "/d/volumes/b/_data is a mount point", "kind": "mounted"},
+        {"name": "c", "error": "walk failed: Input/output error"}]}
+    got = {r.plan.name: r for r in core.results(plans, answer, True)}
+    assert got["a"].stats is not None and got["a"].stats.repaired == 1 and not got["a"].failed
+    assert got["b"].skipped_reason.endswith("mount point") and got["b"].failed
+    assert got["c"].error == "walk failed: Input/output error" and got["c"].failed
+    assert got["s"].skipped_reason == "disagree" and got["lost"].failed
+
+
+@pytest.mark.parametrize("kind, error, code", [("unsafe", "UnsafeVolumeError", 1), ("not-found", "NotFoundError", 1),
+                                              ("not-root", "RefusedError", 1), ("denied", "OpsError", 1)])
+def test_a_refused_answer_raises_its_typed_error(kind: str, error: str, code: int) -> None:
+    answer = {"protocol": 1, "error": {"kind": kind, "message": "/d/volumes/x is a symlink", "hint": "h"}}
+    with pytest.raises(OpsError) as caught:
+        core.results([_plan("x")], answer, False, "lima:vm")
+    assert type(caught.value).__name__ == error and caught.value.exit_code == code
+    assert caught.value.line() == "lima:vm: /d/volumes/x is a symlink: h"
+
+
+def test_remote_parsers() -> None:
+    from ops.repair import remote
+
+    assert remote.parse_answer('motd\n@@CAI-REPAIR {"protocol": 1, "volumes": []}\n') == {"protocol": 1,
+                                                                                          "volumes": []}
+    assert remote.parse_answer("Traceback...\n") is None and remote.parse_answer("@@CAI-REPAIR {bad") is None
+    assert remote.parse_access("0\nsudo-ok\npython3=/usr/bin/python3\n") == (True, True, "/usr/bin/python3")
+    assert remote.parse_access("1000\npython3=\n") == (False, False, "")
+
+
+def test_the_shipped_walk_runs_under_a_bare_python3(tmp_path: Path) -> None:
+    """The command a target runs: the walk's and the driver's source and the request in one command,
+    under ``python3 -I`` (no site-packages, nothing of this package importable). A dry run counts; a
+    volume path that is a symlink refuses everything."""
+    import shutil
+    import subprocess
+
+    from ops.repair import remote
+
+    python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+    assert python, "python3 is needed on PATH"
+    data = tmp_path / "volumes" / "v" / "_data"
+    (data / "d").mkdir(parents=True)
+    (data / "d" / "f").write_text("x")
+    plans = [_plan("v", Owner(os.getuid(), os.getgid(), "test"))]
+    env = {"PATH": os.path.dirname(python)}
+    run = subprocess.run(["sh", "-c", remote.driver_command(core.request(plans, str(tmp_path), True, 2))],
+                         capture_output=True, text=True, env=env, check=False)
+    answer = remote.parse_answer(run.stdout)
+    assert run.returncode == 0 and answer is not None, run.stderr
+    (result,) = core.results(plans, answer, True)
+    assert result.stats is not None and (result.stats.scanned, result.stats.damaged) == (3, 0)
+    os.symlink(tmp_path / "elsewhere", tmp_path / "volumes" / "w")
+    plans.append(_plan("w"))
+    run = subprocess.run(["sh", "-c", remote.driver_command(core.request(plans, str(tmp_path), True, 1))],
+                         capture_output=True, text=True, env=env, check=False)
+    answer = remote.parse_answer(run.stdout)
+    assert answer is not None and answer["error"]["kind"] == "unsafe", run.stderr
+    with pytest.raises(OpsError, match="is a symlink"):
+        core.results(plans, answer, True)

@@ -1,0 +1,129 @@
+"""Running the engine host's side of a repair (:mod:`ops.repair.onhost`) on a remote target.
+
+The walk is standard library only, so it runs under the target's own ``python3``: the source of
+``ops/repair/walk.py`` and ``ops/repair/onhost.py`` (read from this installation, compressed) and the
+request travel in ONE command over the target's Context (a ``fabric.Connection``), as root (``sudo -n``
+when the login user is not root, as ``inv update`` does). The answer comes back as one JSON line on
+stdout. Nothing is copied to the target's disk and nothing is left there.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ops.errors import OpsError, RefusedError
+from ops.repair import onhost, walk
+from ops.update.hostio import Host
+
+#: A repair walk on a target gets this long (big volumes on slow disks); a detection walk is bounded.
+REPAIR_TIMEOUT = 6 * 3600
+PROBE_TIMEOUT = 60
+#: One shell argument may not exceed 128 KiB (``sudo -n sh -c``): the command stays well below.
+COMMAND_MAX = 100 * 1024
+PYTHON_MISSING = 127
+
+#: Loads the two modules from their compressed source (``walk`` first: ``onhost`` imports it) and runs
+#: ``onhost.main``. ``-I``: nothing from the environment or the current directory is imported.
+BOOTSTRAP = """import base64, sys, types, zlib
+def load(name, blob):
+    module = types.ModuleType(name)
+    module.__file__ = name + ".py"
+    sys.modules[name] = module
+    exec(compile(zlib.decompress(base64.b64decode(blob)), name + ".py", "exec"), module.__dict__)
+    return module
+load("walk", W)
+sys.exit(load("onhost", O).main(sys.argv[1:]))
+"""
+
+#: Who we are on the target, whether sudo works without a password, and whether root has python3.
+ACCESS_PROBE = ("id -u; sudo -n true >/dev/null 2>&1 && echo sudo-ok; "
+                "if [ \"$(id -u)\" = 0 ]; then p=$(command -v python3); "
+                "else p=$(sudo -n sh -c 'command -v python3' 2>/dev/null || command -v python3); fi; "
+                "echo \"python3=$p\"")
+
+
+def _blob(path: str) -> str:
+    return base64.b64encode(zlib.compress(Path(path).read_bytes(), 9)).decode("ascii")
+
+
+def driver_command(request: dict[str, Any]) -> str:
+    """Pure but for reading the two module files: the shell command that runs the request on a target
+    with its ``python3``."""
+    script = f"W = {_blob(walk.__file__)!r}\nO = {_blob(onhost.__file__)!r}\n{BOOTSTRAP}"
+    command = f"python3 -I -c {shlex.quote(script)} {onhost.encode_request(request)}"
+    if len(command) > COMMAND_MAX:
+        raise OpsError(f"the repair command is {len(command)} bytes, more than one shell argument may hold",
+                       "report it: the walk's source grew too large to ship in one command")
+    return command
+
+
+def parse_answer(stdout: str) -> dict[str, Any] | None:
+    """Pure parser: the answer after :data:`onhost.MARK` on stdout (None when there is none)."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(onhost.MARK):
+            try:
+                loaded = json.loads(line[len(onhost.MARK):])
+            except ValueError:
+                return None
+            return loaded if isinstance(loaded, dict) else None
+    return None
+
+
+def parse_access(stdout: str) -> tuple[bool, bool, str]:
+    """Pure parser of :data:`ACCESS_PROBE`: (root, passwordless sudo, path of python3 or '')."""
+    lines = stdout.split("\n")
+    root = bool(lines) and lines[0].strip() == "0"
+    sudo = any(line.strip() == "sudo-ok" for line in lines)
+    python = next((line.partition("=")[2].strip() for line in lines if line.startswith("python3=")), "")
+    return root, sudo, python
+
+
+def open_host(ctx: Any, name: str, dry_run: bool) -> Host:
+    """Root on the target (root, or passwordless sudo) with a ``python3``; else one clear error.
+
+    A dry run without root runs as the login user (it reads what that user may read)."""
+    code, out, err = Host(ctx).probe(ACCESS_PROBE, timeout=PROBE_TIMEOUT)
+    if code != 0 and not out.strip():
+        raise OpsError(f"cannot run commands on {name} ({err.strip()[:200] or f'exit {code}'})",
+                       "check that the host is up")
+    root, sudo, python = parse_access(out)
+    if not python:
+        raise missing_python(name)
+    if root:
+        return Host(ctx, "")
+    if sudo:
+        return Host(ctx, "sudo -n ")
+    if dry_run:
+        return Host(ctx, "", privileged=False)
+    raise RefusedError(f"repair changes file owners and needs root on {name}, and sudo asks for a password",
+                       "log in as root, or allow passwordless sudo for this user", exit_code=1)
+
+
+def missing_python(name: str) -> OpsError:
+    """The one line for a target without python3."""
+    return OpsError(f"{name} has no python3: repair walks the volumes on the engine host with its python3",
+                    "install python3 there (apt-get install python3), then rerun")
+
+
+def runner(host: Host, name: str, timeout: int = REPAIR_TIMEOUT) -> Callable[..., dict[str, Any]]:
+    """A request runner (the remote twin of :func:`ops.repair.onhost.execute`) on ``host``."""
+
+    def run(request: dict[str, Any], on_start: Any = None, on_progress: Any = None) -> dict[str, Any]:
+        code, out, err = host.run(driver_command(request), what="the repair walk", timeout=timeout)
+        answer = parse_answer(out)
+        if answer is not None:
+            return answer
+        if code == PYTHON_MISSING:
+            raise missing_python(name)
+        tail = [line for line in err.strip().splitlines() if line.strip()]
+        raise OpsError(f"the repair walk failed on {name} (exit {code})"
+                       + (f": {tail[-1].strip()[:300]}" if tail else ""),
+                       "check python3 on the target (3.7 or later), then rerun")
+
+    return run
