@@ -386,3 +386,74 @@ def test_rollback_copy_puts_links_version_and_files_back(tmp_path: Path) -> None
     assert unit.read_text() == "old unit\n" and unit.stat().st_mode & 0o777 == 0o640
     assert not guard.exists() and not (opt / "docker" / "27.3.1").exists()
     assert (opt / "docker" / "27.0.1" / "dockerd").is_file()
+
+
+def test_update_commands_needs_dry_run(tmp_path: Path) -> None:
+    r = inv("update", "--commands", env={"INVOKE_CAI_STATE_DIR": str(tmp_path / "state")})
+    assert r.returncode == 1 and r.stderr == ("error: --commands shows what a dry run would run; it changes nothing "
+                                              "on its own: add --dry-run (inv update --dry-run --commands)\n")
+    assert not (tmp_path / "state").exists()  # refused before anything was read or locked
+
+
+def test_dry_run_commands_of_a_new_wsl2_host(tmp_path: Path) -> None:
+    """``--dry-run --commands`` through the real update flow, on a WSL2 distribution with systemd and
+    nothing of ContainAI installed (its probes are golden outputs given through invoke's MockContext):
+    every command of the install is listed, in order, in the text and the JSON report, and none of them
+    ran (only the read-only probes did)."""
+    import re
+
+    from invoke import Config, MockContext, Result
+
+    from ops.update import steps as st
+    from ops.update.apply import Options, run_update
+
+    bundle = tmp_path / "bundle"
+    fake_bundle(bundle, "27.3.1")
+    deb = build_sysbox_deb("0.6.7+containai.20260101", bundle)
+    c = conf(tmp_path, bundle_dir=str(bundle))
+    missing = "".join(f"\n@@CAI-FILE {p}\nmissing" for p in units.managed_paths(c)) + "\n"
+    answers = {
+        re.compile(r"^p\(\) \{ printf"): Result((GOLDEN / "layout" / "no-systemd-nothing-installed.txt").read_text()),
+        re.compile(r"echo os=\$\(uname -s\)"): Result((GOLDEN / "probe" / "wsl2-ubuntu.txt").read_text()),
+        re.compile(r"echo pid1=.*engine_state"): Result("pid1=systemd\nengine_state=inactive\n"
+                                                        "engine_load=not-found\nsocket=no\n"),
+        re.compile(r"id -u; sudo -n true"): Result("0\n"),
+        re.compile(r".*sysbox-runc --version"): Result((GOLDEN / "sysbox-runc" / "upstream-0.6.7.txt").read_text()
+                                                       + "__rc=0\n"),
+        re.compile(r"d=.*VERSION"): Result("version-missing\n"),
+        re.compile(r"for f in \S*update-journal"): Result(f"\n@@CAI-FILE {jr.path(c)}\nmissing\n"),
+        re.compile(r"for f in "): Result(missing),
+    }
+    ctx = MockContext(config=Config(overrides={"cai": {}}), run=answers, repeat=True)
+    lines: list[str] = []
+    report = run_update(ctx, c, "local", Options(dry_run=True, commands=True), lines.append)
+    assert report["result"] == "dry-run"
+    head = next(i for i, line in enumerate(lines) if "the commands of this update, in order" in line)
+    listing = [line[2:] for line in lines[head + 1:-1]]
+    assert lines[-1] == "dry run: nothing was changed"
+    headings = [line for line in listing if line.startswith("# ")]
+    assert [h.split(". ", 1)[1] for h in headings] == [
+        "make the private staging directory on the target",
+        "copy docker-27.3.1.tgz to the target and check its sha256 there",
+        f"copy {deb.name} to the target, check it, simulate and download its install",
+        "read the restart budget from the installed units",
+        "keep a copy of what the update replaces (before anything changes)",
+        "unpack the dockerd bundle 27.3.1 beside its directory (before any container stops)",
+        "install dockerd bundle 27.3.1",
+        next(step["summary"] for step in report["plan"]["steps"] if step["action"] == "install-sysbox"),
+        "write containai-guard, daemon.json, containai-docker.service, containai-docker-guard.service",
+        "systemctl daemon-reload",
+        "restart sysbox.service",
+        "restart containai-docker.service and wait for a ping",
+        "remove the staging directory",
+    ]
+    assert f"put    {bundle / 'docker-27.3.1.tgz'} -> /tmp/containai-ops.XXXXXX/docker-27.3.1.tgz" in listing
+    assert f"root#  {st.APT_INSTALL} -s /tmp/containai-ops.XXXXXX/{deb.name}" in listing
+    assert "root#  systemctl reset-failed containai-docker.service 2>/dev/null; " \
+           "systemctl restart containai-docker.service" in listing
+    # the JSON report carries the same commands
+    flat = [cmd["command"] for step in report["commands"] for cmd in step["commands"]]
+    assert flat[0] == "mktemp -d /tmp/containai-ops.XXXXXX" and len(report["commands"]) == len(headings)
+    # nothing of it ran: only the probes
+    ran = " ".join(call.args[0] for call in ctx.run.call_args_list)  # type: ignore[attr-defined]
+    assert not any(word in ran for word in ("mktemp", "apt-get", "systemctl restart", "tar -xzf", "flock"))

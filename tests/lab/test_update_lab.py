@@ -79,6 +79,15 @@ def test_update_refuses_dry_runs_upgrades_and_resumes(old_host: tuple[Any, Path]
     assert "would stop 3 running managed container(s)" in dry.stdout
     assert "dry run: nothing was changed" in dry.stdout
     assert snapshot(host) == before
+    # --commands: every command the update would run, in order, in the text (stderr with --json) and JSON
+    cmds = inv(["update", "--target", host.target, "--dry-run", "--commands", "--json"], host, bundle)
+    assert cmds.returncode == 0, cmds.stdout + cmds.stderr
+    listed = [c["command"] for step in json.loads(cmds.stdout)["commands"] for c in step["commands"]]
+    assert listed[0] == "mktemp -d /tmp/containai-ops.XXXXXX"
+    assert any(c.endswith(" stop -t 100 m1 m2 m3") for c in listed)
+    assert any("apt-get install" in c and " -s /tmp/containai-ops.XXXXXX/" in c for c in listed)
+    assert "  root#  systemctl reset-failed containai-docker.service 2>/dev/null; " in cmds.stderr
+    assert snapshot(host) == before
 
     # 3. --stop-containers: all three upgraded, containers run again, volumes byte-identical
     done = inv(["update", "--target", host.target, "--stop-containers", "--json"], host, bundle)
