@@ -6,8 +6,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +76,8 @@ def checkout_files(root: Path = ROOT) -> list[str]:
 
 def checkout_tar(dest: Path, root: Path = ROOT) -> Path:
     """A tarball of the checkout (links kept as links)."""
+    import tarfile  # here, not at the top: `inv --list` does not pay for it
+
     with tarfile.open(dest, "w:gz") as tar:
         for name in checkout_files(root):
             tar.add(root / name, arcname=name, recursive=False)
@@ -141,6 +141,9 @@ def run_tiers_in_lab(name: str, pytest_args: list[str], keep: bool = False) -> i
     """Bring up lab host ``name``, copy this checkout in, install it with ./bootstrap.sh deps (Python
     packages of the versions of this venv, downloaded on this side) and run pytest with ``pytest_args``
     there; the exit status of pytest."""
+    import tarfile
+    import tempfile
+
     from ops.lab import hosts
     from ops.lab.engine import LAB_ROOT, ensure_engine
     from ops.lab.image import ensure_lab_image

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,10 +178,11 @@ def engine_findings(r: Resolved, engine: Any, error: OpsError | None) -> list[Fi
     return out
 
 
-def _extra_checks(layout: Any = None) -> list[Check]:
+def _extra_checks(layout: Any = None, client: Any = None) -> list[Check]:
     """Checks contributed by the feature modules: units (drift, engine and guard units, of the host
-    layout) and ownership/taint."""
-    from ops import repair, ssh_health, units
+    layout), ownership/taint (only with an engine: the repair modules are imported then) and SSH
+    (``client``: this machine's ``ssh -V``, started before the target was probed)."""
+    from ops import ssh_health, units
 
     def unit_checks(r: Resolved, engine: Any, conf: CaiConfig) -> list[Finding]:
         return units.doctor_findings(r.ctx, conf, r.name, r.platform, layout)
@@ -190,28 +190,43 @@ def _extra_checks(layout: Any = None) -> list[Check]:
     def ownership(r: Resolved, engine: Any, conf: CaiConfig) -> list[Finding]:
         if engine is None:
             return []
+        from ops import repair
+
         return repair.doctor_findings(engine, conf, r.name, r.platform, where=r)
 
-    return [unit_checks, ownership, ssh_health.doctor_findings]
+    def ssh_checks(r: Resolved, engine: Any, conf: CaiConfig) -> list[Finding]:
+        return ssh_health.doctor_findings(r, engine, conf, client.text() if client is not None else None)
+
+    return [unit_checks, ownership, ssh_checks]
 
 
 def host_probes(conf: CaiConfig) -> list[str]:
     """Every command the checks run on a target, so that they all run in one round trip with the
-    platform probe (a check whose command is not listed here still works: it runs on its own)."""
+    platform probe (a check whose command is not listed here still works: it runs on its own).
+
+    The probes that only mean something where systemd is PID 1 (the unit checks, Sysbox's unit) are
+    :class:`ops.facts.OnlyIf` that: elsewhere the round trip skips them, and the checks, which read
+    PID 1 first, never ask for them."""
     from ops import units
     from ops.layout import LayoutFacts, lima_vm_layout, probe_command
+
+    def systemd_only(commands: list[str]) -> list[str]:
+        pid1, *rest = commands  # units.doctor_commands: PID 1's name first, the rest only under systemd
+        return [pid1, *(probes.OnlyIf(c, probes.IF_PID1_SYSTEMD) for c in rest)]
 
     return [probe_command(conf.label),
             probes.SYSBOX_PROBE, probes.bundle_probe(conf.opt_dir), probes.has_command_probe("fusermount3"),
             probes.dpkg_probe("fuse"), probes.APPARMOR_PROBE, probes.has_command_probe("sysbox-runc"),
-            probes.unit_active_probe("sysbox.service"), *units.doctor_commands(conf),
-            *units.doctor_commands(conf, lima_vm_layout(LayoutFacts(), ""))]  # the unit checks of either layout
+            probes.OnlyIf(probes.unit_active_probe("sysbox.service"), probes.IF_PID1_SYSTEMD),
+            *systemd_only(units.doctor_commands(conf)),  # the unit checks of either layout
+            *systemd_only(units.doctor_commands(conf, lima_vm_layout(LayoutFacts(), "")))]
 
 
 def _warm_up(text: str, conf: CaiConfig, alone: bool) -> None:
     """Import the modules of the checks, and the Docker SDK: for a local target when its engine socket
     answers (without the SDK's SSH transport when this is the only target: nothing imports paramiko
-    meanwhile); for a remote one always (its engine is reached after the probe, through a forward)."""
+    meanwhile), with the repair modules; for a remote one always (its engine is reached after the probe,
+    through a forward)."""
     from ops.engine import check_socket, import_docker
     from ops.targets import on_macos, parse_target
 
@@ -222,6 +237,7 @@ def _warm_up(text: str, conf: CaiConfig, alone: bool) -> None:
             import_docker(alone=alone)
         else:
             import_docker()  # off the main thread: paramiko is imported as usual, Fabric needs it
+        import ops.repair  # noqa: F401 - the ownership and taint checks, which need an engine
     except OpsError:
         pass  # the checks tell it
 
@@ -238,10 +254,12 @@ def layout_findings(r: Resolved, conf: CaiConfig) -> tuple[Any, list[Finding]]:
     return layout, lay.findings(layout, facts, r.name, r.platform)
 
 
-def check_target(text: str, conf: CaiConfig, base: Any = None, alone: bool = False) -> TargetReport:
+def check_target(text: str, conf: CaiConfig, base: Any = None, alone: bool = False,
+                 client: Any = None) -> TargetReport:
     """Evaluate one target; unreachable targets become an error finding, not an exception.
 
-    ``alone``: this is the only target evaluated (nothing else runs meanwhile).
+    ``alone``: this is the only target evaluated (nothing else runs meanwhile). ``client``: this
+    machine's ``ssh -V`` (:class:`ops.ssh_health.ClientVersion`), started once for all targets.
 
     One command on the target reads everything the checks need (:func:`host_probes`); the engine is
     asked for its version once and lists its containers once (:meth:`ops.engine.Engine.snapshot`).
@@ -249,10 +267,11 @@ def check_target(text: str, conf: CaiConfig, base: Any = None, alone: bool = Fal
     from ops.engine import Engine
 
     report = TargetReport(target=text)
+    prefetch = host_probes(conf)
     warm = threading.Thread(target=_warm_up, args=(text, conf, alone), daemon=True)
     warm.start()  # imports what the checks need while the target runs the probe
     try:
-        r = resolve(text, conf, base, prefetch=host_probes(conf))
+        r = resolve(text, conf, base, prefetch=prefetch)
     except OpsError as exc:
         report.findings.append(Finding("target.unreachable", "error", text, exc.message, exc.hint))
         return report
@@ -282,7 +301,7 @@ def check_target(text: str, conf: CaiConfig, base: Any = None, alone: bool = Fal
                 if engine is not None:
                     engine.snapshot()  # every check below reads this one listing
                 findings += engine_findings(r, engine, error)
-                for check in _extra_checks(layout):
+                for check in _extra_checks(layout, client):
                     findings += check(r, engine, conf)
             finally:
                 if engine is not None:
@@ -293,8 +312,36 @@ def check_target(text: str, conf: CaiConfig, base: Any = None, alone: bool = Fal
 
 
 def run_doctor(targets: list[str], conf: CaiConfig, base: Any = None, parallel: int = 8) -> list[TargetReport]:
-    """Evaluate every target, in parallel (bounded), in the order given."""
+    """Evaluate every target, in the order given: one target directly, several through the fleet
+    primitive (:func:`ops.fleet.run_fleet`, bounded parallel), each with its own result."""
+    from ops.ssh_health import ClientVersion
+
+    client = ClientVersion()  # this machine's ssh -V runs while the targets are probed
     if len(targets) == 1:
-        return [check_target(targets[0], conf, base, alone=True)]
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(targets)))) as pool:
-        return list(pool.map(lambda t: check_target(t, conf, base), targets))
+        return [check_target(targets[0], conf, base, alone=True, client=client)]
+    results = fleet_results(targets, conf, base, parallel, client)
+    return [result.detail.get("report") or _failed_report(result) for result in results]
+
+
+def fleet_results(targets: list[str], conf: CaiConfig, base: Any = None, parallel: int = 8,
+                  client: Any = None) -> list[Any]:
+    """Doctor over several targets with :func:`ops.fleet.run_fleet`: one ``TargetResult`` per target,
+    exit 1 when it has an error-level finding, its report in ``detail["report"]``."""
+    from ops.findings import has_error
+    from ops.fleet import TargetResult, run_fleet
+
+    def one(text: str) -> TargetResult:
+        report = check_target(text, conf, base, client=client)
+        errors = sum(f.severity == "error" for f in report.findings)
+        warnings = sum(f.severity == "warning" for f in report.findings)
+        return TargetResult(text, 1 if has_error(report.findings) else 0,
+                            f"{errors} error(s), {warnings} warning(s)", {"report": report})
+
+    return run_fleet(targets, one, parallel=parallel)
+
+
+def _failed_report(result: Any) -> TargetReport:
+    """The report of a target whose evaluation itself failed (the fleet primitive caught the error)."""
+    return TargetReport(target=result.target, findings=[Finding(
+        "target.check-failed", "error", result.target, result.summary or f"exit {result.exit_code}",
+        "rerun with CAI_DEBUG=1 and report it")])

@@ -8,9 +8,9 @@ output, so the probes and their parsers stay as they are.
 
 from __future__ import annotations
 
+import os
 import shlex
 import threading
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -198,17 +198,63 @@ def apparmor_mode(ctx: Any, profile: str) -> str:
 
 _BEGIN = "@@CAI-PROBE"
 _END = "@@CAI-RC"
+#: The batch script reads PID 1's name once into this variable (a shell builtin, no process).
+PID1_VAR = "__cai_pid1"
+#: The condition of a probe that only means something where systemd is PID 1 (see :class:`OnlyIf`).
+IF_PID1_SYSTEMD = f'[ "${PID1_VAR}" = systemd ]'
+
+
+class OnlyIf(str):
+    """A probe command that a batch runs only when a shell ``condition`` holds on the target.
+
+    It is the command itself (a ``str``, equal to it), so the check that runs it later asks for the same
+    string. When the condition fails, the batch prints no answer for it, and a check that asks for it
+    anyway runs it on its own: a skipped probe is never an empty answer.
+    """
+
+    condition: str
+
+    def __new__(cls, command: str, condition: str) -> OnlyIf:
+        self = super().__new__(cls, command)
+        self.condition = condition
+        return self
 
 
 def batch_script(commands: Sequence[str], token: str) -> str:
-    """One POSIX shell script running ``commands`` in order, each in its own subshell, its stdout between
-    a ``@@CAI-PROBE <token> <i>`` line and a ``@@CAI-RC <token> <i> <exit status>`` line (stderr passes
-    through). ``token`` (random per run) keeps a command's own output from passing for a marker."""
-    parts = []
+    """One POSIX shell script running ``commands`` at the same time, each in its own subshell, and
+    printing, in order, each one's stdout between a ``@@CAI-PROBE <token> <i>`` line and a
+    ``@@CAI-RC <token> <i> <exit status>`` line (stderr passes through). ``token`` (random per run) keeps
+    a command's own output from passing for a marker.
+
+    The commands are read-only probes, independent of each other: each writes into a file of a private
+    temporary folder, and the files are printed once all have finished. Where no temporary folder can be
+    made, they run one after the other. An :class:`OnlyIf` command runs only when its condition holds
+    (``PID1_VAR`` holds PID 1's name for such conditions); otherwise it has no markers at all.
+    """
+    read_pid1 = f"{{ read -r {PID1_VAR} < /proc/1/comm; }} 2>/dev/null || {PID1_VAR}="
+    serial, launch, collect = [], [], []
     for i, command in enumerate(commands):
-        parts.append(f"printf '{_BEGIN} {token} {i}\\n'\n(\n{command}\n)\n"
-                     f"printf '\\n{_END} {token} {i} %s\\n' \"$?\"")
-    return "\n".join(parts) + "\n"
+        begin = f"printf '{_BEGIN} {token} {i}\\n'"
+        end = f"printf '\\n{_END} {token} {i} %s\\n'"
+        when = getattr(command, "condition", "")
+        run = f"{begin}\n(\n{command}\n)\n{end} \"$?\""
+        serial.append(f"if {when}; then\n{run}\nfi" if when else run)
+        start = (f"{begin} >\"$__t/{i}\"\n(\n{command}\n) >>\"$__t/{i}\" &\n__p{i}=$!")
+        launch.append(f"if {when}; then\n{start}\nelse __p{i}=; fi" if when else start)
+        collect.append(f'if [ -n "$__p{i}" ]; then wait "$__p{i}"; {end} "$?" >>"$__t/{i}"; '
+                       f'set -- "$@" "$__t/{i}"; fi')
+    return "\n".join([
+        read_pid1,
+        'if __t=$(mktemp -d "${TMPDIR:-/tmp}/cai-probe.XXXXXX" 2>/dev/null) && [ -d "$__t" ]; then',
+        *launch,
+        "set --",
+        *collect,
+        '[ "$#" -eq 0 ] || cat "$@"',
+        'rm -rf "$__t"',
+        "else",
+        *serial,
+        "fi",
+    ]) + "\n"
 
 
 def parse_batch(text: str, token: str, count: int) -> dict[int, tuple[int, str]]:
@@ -235,6 +281,16 @@ def parse_batch(text: str, token: str, count: int) -> dict[int, tuple[int, str]]
     return {i: v for i, v in found.items() if i < count}
 
 
+def unique(commands: Sequence[str]) -> list[str]:
+    """Pure: the commands in order, each once; a command given both plain and as :class:`OnlyIf` runs
+    unconditionally (at the place of its first mention)."""
+    found: dict[str, str] = {}
+    for command in commands:
+        if command not in found or (isinstance(found[command], OnlyIf) and not isinstance(command, OnlyIf)):
+            found[command] = command
+    return list(found.values())
+
+
 class Batched:
     """A Context whose probes were run together: ``run`` of a batched command (with ``warn=True``, as
     :func:`ops.targets.run` calls it) answers from the one round trip, run at the first such call; any
@@ -242,7 +298,7 @@ class Batched:
 
     def __init__(self, ctx: Any, commands: Sequence[str], timeout: int = 120) -> None:
         self.ctx = ctx
-        self.commands = list(dict.fromkeys(commands))
+        self.commands = unique(commands)
         self.timeout = timeout
         self._results: dict[str, Any] | None = None
         self._lock = threading.Lock()
@@ -255,7 +311,7 @@ class Batched:
             if self._results is None:
                 from invoke.runners import Result
 
-                token = uuid.uuid4().hex[:16]
+                token = os.urandom(8).hex()
                 result = self.ctx.run(batch_script(self.commands, token), hide=True, warn=True, in_stream=False,
                                       timeout=self.timeout, pty=False)
                 outputs = parse_batch(str(result.stdout), token, len(self.commands))

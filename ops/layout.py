@@ -19,7 +19,6 @@ layout (its facts are still read on the target).
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import re
 import shlex
@@ -145,19 +144,39 @@ def probe_command(label: str = "containai.managed=true") -> str:
     files = " ".join((CAI_DAEMON_JSON, VM_DAEMON_JSON, f"{CAI_OPT}/VERSION"))
     return "\n".join([
         "p() { printf '%s=%s\\n' \"$1\" \"$2\"; }",
-        # systemctl only where systemd is PID 1: elsewhere each call fails (slowly) with nothing on stdout
-        "i1=$(cat /proc/1/comm 2>/dev/null)",
-        'sc() { [ "$i1" = systemd ] || return 1; systemctl "$@"; }',
+        # the engines first, in the background (each docker call takes a while): every line is one
+        # short write, and the parser does not depend on the order of the lines
+        "d=",
+        f"for s in {CAI_SOCKET} {VM_SOCKET}; do",
+        '  [ -S "$s" ] || continue',
+        f'  [ -n "$d" ] || {{ d={CAI_OPT}/bin/docker; [ -x "$d" ] || d=$(command -v docker 2>/dev/null); }}',
+        '  [ -n "$d" ] || continue',
+        "  { i=$(timeout 15 \"$d\" -H \"unix://$s\" info --format "
+        "'{{.DockerRootDir}}|{{.DefaultRuntime}}|{{range $k, $v := .Runtimes}}{{$k}},{{end}}' 2>/dev/null)"
+        ' && p "info:$s" "$i"; } &',
+        f"  {{ n=$(timeout 15 \"$d\" -H \"unix://$s\" ps -aq --filter label={q(label)} 2>/dev/null | wc -l)"
+        ' && p "managed:$s" "$n"; } &',
+        "done",
+        # systemctl only where systemd is PID 1: elsewhere each call fails (slowly) with nothing on
+        # stdout. PID 1's name is read by the shell itself, and no process is started for a unit fact
+        # that is empty anyway.
+        "{ read -r i1 < /proc/1/comm; } 2>/dev/null || i1=",
+        f"c=/etc/systemd/system/{CAI_UNIT}",
         f"for u in {units}; do",
-        '  p "load:$u" "$(sc show -p LoadState --value "$u" 2>/dev/null)"',
-        '  p "active:$u" "$(sc is-active "$u" 2>/dev/null)"',
-        '  f=$(sc show -p FragmentPath --value "$u" 2>/dev/null)',
+        '  l= a= f=',
+        '  if [ "$i1" = systemd ]; then',
+        '    l=$(systemctl show -p LoadState --value "$u" 2>/dev/null)',
+        '    a=$(systemctl is-active "$u" 2>/dev/null)',
+        '    f=$(systemctl show -p FragmentPath --value "$u" 2>/dev/null)',
+        f'    [ "$u" != {CAI_UNIT} ] || [ -z "$f" ] || c=$f',
+        "  fi",
+        '  p "load:$u" "$l"',
+        '  p "active:$u" "$a"',
         '  if [ -z "$f" ]; then for d in /etc/systemd/system /lib/systemd/system /usr/lib/systemd/system; do',
         '    if [ -f "$d/$u" ]; then f="$d/$u"; break; fi; done; fi',
         '  p "path:$u" "$f"',
         "done",
-        f'f=$(sc show -p FragmentPath --value {CAI_UNIT} 2>/dev/null)',
-        f'[ -n "$f" ] || f=/etc/systemd/system/{CAI_UNIT}',
+        'f=$c',
         f"for s in {CAI_SOCKET} {VM_SOCKET}; do",
         '  if [ -S "$s" ]; then p "socket:$s" yes; else p "socket:$s" no; fi',
         "done",
@@ -173,15 +192,7 @@ def probe_command(label: str = "containai.managed=true") -> str:
         "done",
         "ip -o link show type bridge 2>/dev/null | sed 's/^/link=/'",
         "ip -o addr show 2>/dev/null | sed 's/^/addr=/'",
-        f"d={CAI_OPT}/bin/docker; [ -x \"$d\" ] || d=$(command -v docker 2>/dev/null)",
-        f"for s in {CAI_SOCKET} {VM_SOCKET}; do",
-        '  [ -S "$s" ] && [ -n "$d" ] || continue',
-        "  i=$(timeout 15 \"$d\" -H \"unix://$s\" info --format "
-        "'{{.DockerRootDir}}|{{.DefaultRuntime}}|{{range $k, $v := .Runtimes}}{{$k}},{{end}}' 2>/dev/null)"
-        ' && p "info:$s" "$i"',
-        f"  n=$(timeout 15 \"$d\" -H \"unix://$s\" ps -aq --filter label={q(label)} 2>/dev/null | wc -l)"
-        ' && p "managed:$s" "$n"',
-        "done",
+        "wait",
         "true",
     ])
 
@@ -437,6 +448,8 @@ def bridge_conflict(layout: Layout, facts: LayoutFacts, strict: bool = True) -> 
     """
     if not layout.bridge or not layout.bridge_address:
         return ""
+    import ipaddress
+
     wanted = ipaddress.ip_interface(layout.bridge_address)
     for addr in facts.addresses:
         if addr.family != "inet" or addr.ifname == layout.bridge:

@@ -22,16 +22,19 @@ import re
 import shutil
 import stat
 import subprocess
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ops import ssh
 from ops.config import CaiConfig
+from ops.engine import SSH_PORT_LABEL
 from ops.findings import Finding
-from ops.targets import Resolved, Target
+
+if TYPE_CHECKING:  # ops.ssh is imported by the container tests and the fix, which need it
+    from ops.ssh import Route
+    from ops.targets import Resolved, Target
 
 #: OpenSSH 7.6 added ``StrictHostKeyChecking=accept-new``, which every connection here uses.
 MIN_OPENSSH = (7, 6)
@@ -108,6 +111,39 @@ def ssh_version_text() -> str:
     return (proc.stderr + proc.stdout).strip()
 
 
+class ClientVersion:
+    """``ssh -V`` started at once and read when a check needs it, so that it runs while the targets are
+    probed (one per doctor run: it describes this machine, whatever the targets). Nothing is kept
+    beyond the object."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._text: str | None = None
+        self._proc: subprocess.Popen[str] | None = None
+        if shutil.which("ssh") is None:
+            self._text = ""
+            return
+        try:
+            self._proc = subprocess.Popen(["ssh", "-V"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True)
+        except OSError:
+            self._text = ""
+
+    def text(self) -> str:
+        """What ``ssh -V`` printed (OpenSSH prints it on stderr); "" when there is no ssh client."""
+        with self._lock:
+            if self._text is None:
+                assert self._proc is not None
+                try:
+                    out, err = self._proc.communicate(timeout=10)
+                    self._text = (err + out).strip()
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.communicate()
+                    self._text = ""
+            return self._text
+
+
 def parse_ssh_version(text: str) -> tuple[int, int] | None:
     """Pure parser of ``ssh -V``: ``OpenSSH_9.2p1 Debian-2+deb12u3, OpenSSL ...`` -> (9, 2)."""
     match = _VERSION_RE.search(text)
@@ -120,11 +156,15 @@ def probe_containers(engine: Any, conf: CaiConfig, target: Target, key: Path,
     running = [c for c in engine.managed() if c.running]
     if not running:
         return []
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ops import ssh
+
     route = ssh.route_of(target, conf)
 
     def one(container: Any) -> ContainerProbe:
         if container.ssh_port is None:
-            return ContainerProbe(container.name, None, False, "no-port", f"no valid {ssh.SSH_PORT_LABEL} label")
+            return ContainerProbe(container.name, None, False, "no-port", f"no valid {SSH_PORT_LABEL} label")
         ep = ssh.endpoint(conf, container.name, container.ssh_port, route, key=key, create_known_hosts=False)
         result = ssh.probe(ep, connect_timeout=connect_timeout, timeout=connect_timeout + 15)
         return ContainerProbe(container.name, container.ssh_port, result.ok, result.kind,
@@ -210,10 +250,13 @@ def judge_containers(r: Resolved, probes: Sequence[ContainerProbe], conf: CaiCon
     return out
 
 
-def doctor_findings(r: Resolved, engine: Any, conf: CaiConfig) -> list[Finding]:
-    """The SSH check of doctor: client side, then (with a usable key) every running managed container."""
+def doctor_findings(r: Resolved, engine: Any, conf: CaiConfig, version_text: str | None = None) -> list[Finding]:
+    """The SSH check of doctor: client side, then (with a usable key) every running managed container.
+
+    ``version_text``: ``ssh -V`` as already read (:class:`ClientVersion`); None reads it now."""
     key = key_facts(conf)
-    out = judge_client(r, key, known_hosts_facts(conf), ssh_version_text())
+    version_text = ssh_version_text() if version_text is None else version_text
+    out = judge_client(r, key, known_hosts_facts(conf), version_text)
     usable = key.exists and key.readable and not (key.mode or 0) & 0o077 and shutil.which("ssh") is not None
     if engine is None or not usable:
         return out
@@ -286,6 +329,7 @@ class FixResult:
 def fix_key_refused(findings: Sequence[Finding], conf: CaiConfig, dry_run: bool = False) -> list[FixResult]:
     """``doctor --fix`` for every ``ssh.container-key-refused`` finding: re-inject the key through the
     target's engine, then test the container again."""
+    from ops import ssh
     from ops.engine import Engine
     from ops.errors import OpsError
     from ops.targets import effective_target, engine_host, parse_target
@@ -319,7 +363,8 @@ def fix_key_refused(findings: Sequence[Finding], conf: CaiConfig, dry_run: bool 
 
 
 def _fix_one(engine: Any, conf: CaiConfig, target: str, name: str, pubkey: str, key: Path,
-             route: ssh.Route) -> FixResult:
+             route: Route) -> FixResult:
+    from ops import ssh
     from ops.errors import OpsError
 
     try:

@@ -21,7 +21,6 @@ Rendering and drift detection are pure; ``install`` is the only writer.
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,6 +266,8 @@ def unified_diff(path: str, installed: str | None, rendered: str) -> str:
     before = (installed or "").splitlines(keepends=True)
     after = rendered.splitlines(keepends=True)
     label = path if installed is not None else "/dev/null"
+    import difflib
+
     return "".join(difflib.unified_diff(before, after, fromfile=f"installed:{label}",
                                         tofile=f"rendered:{path}"))
 

@@ -23,4 +23,10 @@ def build_namespace() -> Collection:
     return ns
 
 
-ns = build_namespace()
+def __getattr__(name: str) -> Collection:
+    """``ops.tasks.ns``: the namespace, built when it is first asked for (``inv`` from a checkout builds
+    its own from :func:`build_namespace` and never pays for this one)."""
+    if name == "ns":
+        globals()["ns"] = built = build_namespace()
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

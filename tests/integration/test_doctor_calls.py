@@ -9,6 +9,7 @@ records the request lines); the target's commands are counted by a real local Co
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import socketserver
@@ -196,7 +197,10 @@ def test_one_command_one_listing_and_archive_headers_only(fleet: Fleet) -> None:
 
 def test_no_engine_is_told_without_the_sdk(tmp_path: Path) -> None:
     """A host with no engine: one command on the target, and the missing socket is a finding before the
-    Docker SDK is even imported."""
+    Docker SDK is even imported; nothing else the answer does not need is imported either (paramiko,
+    Fabric, rich, the repair modules), and the SSH client's version is still read and told.
+
+    Before: the repair modules were imported for a check that needs an engine."""
     script = (
         "import json, sys\n"
         "from ops.config import from_context\n"
@@ -205,6 +209,8 @@ def test_no_engine_is_told_without_the_sdk(tmp_path: Path) -> None:
         f"ctx = _context('unix://{tmp_path}/nobody.sock', 'containai.managed=true')\n"
         "[report] = run_doctor(['local'], from_context(ctx), ctx)\n"
         "print(json.dumps({'commands': len(ctx.commands), 'docker': 'docker' in sys.modules,\n"
+        "                  'imported': sorted(m for m in ('paramiko', 'fabric', 'rich', 'ops.repair')\n"
+        "                                     if m in sys.modules),\n"
         "                  'codes': [f.code for f in report.findings]}))\n"
     )
     env = clean_env({"PYTHONPATH": f"{REPO}:{REPO / 'tests'}:{Path(__file__).parent}"})
@@ -215,3 +221,62 @@ def test_no_engine_is_told_without_the_sdk(tmp_path: Path) -> None:
     assert "engine.unreachable" in seen["codes"]
     assert seen["commands"] == 1
     assert seen["docker"] is False
+    assert seen["imported"] == []
+    assert "ssh.client-version" in seen["codes"] or "ssh.client-missing" in seen["codes"]
+
+
+# --- the probes of one round trip, run at the same time ---------------------------------------------
+
+SHELLS = ["sh", "bash"]
+
+
+def _run_batch(shell: str, commands: list[str], env: dict[str, str] | None = None) -> tuple[dict[int, Any], str]:
+    from ops.facts import batch_script, parse_batch
+
+    token = uuid.uuid4().hex[:16]
+    result = subprocess.run([shell, "-c", batch_script(commands, token)], capture_output=True, text=True,
+                            input="the user's input\n", env=env, timeout=60)
+    return parse_batch(result.stdout, token, len(commands)), result.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_batched_probes_run_at_the_same_time_and_answer_exactly(shell: str, tmp_path: Path) -> None:
+    """The first probe waits (up to 10 s) for a file that only the last one creates: run one after the
+    other, it would give up and print nothing. Every answer still comes back exactly, in order, with
+    its exit status; stdin is never read; the temporary folder is gone afterwards."""
+    flag = tmp_path / "flag"
+    waits = (f"i=0; while [ ! -e {flag} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; "
+             f"[ -e {flag} ] && echo saw-it")
+    commands = [waits, "printf 'a\\nb\\n'", "printf 'no newline'", "exit 3", "printf '\\n\\nx'",
+                "echo to-stderr >&2; false", "cat", f"touch {flag}"]
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    answers, stderr = _run_batch(shell, commands, {**os.environ, "TMPDIR": str(tmp)})
+    assert answers == {0: (0, "saw-it\n"), 1: (0, "a\nb\n"), 2: (0, "no newline"), 3: (3, ""),
+                       4: (0, "\n\nx"), 5: (1, ""), 6: (0, ""), 7: (0, "")}
+    assert stderr == "to-stderr\n"
+    assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_batch_without_a_temporary_folder_runs_one_after_the_other(shell: str, tmp_path: Path) -> None:
+    answers, _ = _run_batch(shell, ["echo one", "exit 4", "printf two"],
+                            {**os.environ, "TMPDIR": str(tmp_path / "missing")})
+    assert answers == {0: (0, "one\n"), 1: (4, ""), 2: (0, "two")}
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_conditional_probe_has_no_answer_when_its_condition_fails(shell: str, tmp_path: Path) -> None:
+    """Skipped is no answer at all (the check that asks for it runs it on its own), never an empty one;
+    the systemd condition follows PID 1 of the host the batch runs on."""
+    from ops.facts import IF_PID1_SYSTEMD, OnlyIf
+
+    pid1 = Path("/proc/1/comm").read_text().strip()
+    for tmpdir in (str(tmp_path), str(tmp_path / "missing")):  # at the same time, and one after the other
+        answers, _ = _run_batch(shell, ["echo plain", OnlyIf("echo yes", "true"), OnlyIf("echo no", "false"),
+                                        OnlyIf("echo systemd", IF_PID1_SYSTEMD)], {**os.environ, "TMPDIR": tmpdir})
+        expected = {0: (0, "plain\n"), 1: (0, "yes\n")}
+        if pid1 == "systemd":
+            expected[3] = (0, "systemd\n")
+        assert answers == expected
+

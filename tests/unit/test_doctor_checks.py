@@ -112,11 +112,22 @@ def test_batch_cut_short_leaves_the_rest_out() -> None:
 
 
 def test_batch_script_holds_every_command_once() -> None:
+    """Each command once per way of running (all at once, or one after the other where no temporary
+    folder can be made), in a subshell of its own."""
     from ops.facts import batch_script
 
     script = batch_script(["echo a", "exit 3"], "tok")
-    assert script.count("@@CAI-PROBE tok 0") == 1 and script.count("@@CAI-RC tok 1 %s") == 1
-    assert "(\necho a\n)" in script and "(\nexit 3\n)" in script
+    assert script.count("@@CAI-PROBE tok 0") == 2 and script.count("@@CAI-RC tok 1 %s") == 2
+    assert script.count("(\necho a\n)") == 2 and script.count("(\nexit 3\n)") == 2
+
+
+def test_batch_runs_a_command_given_plain_and_conditional_unconditionally() -> None:
+    from ops.facts import OnlyIf, unique
+
+    guarded = OnlyIf("cat /proc/1/comm", "false")
+    assert unique([guarded, "echo", "cat /proc/1/comm", "echo"]) == ["cat /proc/1/comm", "echo"]
+    assert [type(c) for c in unique([guarded, "echo", "cat /proc/1/comm"])] == [str, str]
+    assert [type(c) for c in unique([guarded, "echo"])] == [OnlyIf, str]
 
 
 def test_container_from_a_listing_entry() -> None:
