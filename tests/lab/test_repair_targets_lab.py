@@ -1,0 +1,229 @@
+"""``inv repair`` on other hosts: a Lima VM reached from a Mac (``lima:<vm>``, the *lima-vm* layout: the
+VM's docker.service, data root ``/var/lib/docker``) and a Linux host reached as ``ssh://`` (the
+*containai* layout). The walk runs on the engine host, under its own python3, as root.
+
+The Mac side is faked at the thinnest seam, as the other lab tests do: ``cai.platform=macos`` and a
+``LIMA_HOME`` holding the ssh.config Lima writes for the VM. As on a real Lima VM, the login user is not
+root (``agent``, passwordless sudo, in the docker group). The lab image has no python3 (a minimal
+Debian): the hosts get Debian's python3 packages (downloaded on this machine, installed with dpkg), and
+the host without them shows what a host without python3 answers.
+
+Damage is made for real on the engine's volumes (the lab host's data root is a folder of this
+machine): entries owned by 65534 in a managed container's volume, a root-owned file beside them, and
+the same damage in an unmanaged container's volume.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _cli import inv
+
+pytestmark = pytest.mark.lab
+
+NOBODY = 65534
+MANAGED, OTHER = "rep-agent", "rep-other"
+DAMAGED = ("d", "d/f1", "d/f2", "top")  # relative to the volume's _data, made 65534:65534
+
+
+def sh(host: Any, command: str, timeout: int = 300) -> str:
+    from ops.lab.hosts import run
+
+    code, out, err = run(host, command, timeout=timeout)
+    assert code == 0, f"{command[:100]!r} exited {code} on {host.name}: {err.strip()[-600:]} {out.strip()[-300:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def python_debs(lab_engine: str, lab_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Debian's python3 and what it needs beyond the lab image: what this machine's apt would install
+    on a system with the image's dpkg status (a simulation), downloaded with apt."""
+    import docker
+
+    folder = tmp_path_factory.mktemp("python-debs")
+    client = docker.DockerClient(base_url=lab_engine, timeout=120)
+    try:
+        status = client.containers.run(lab_image, ["cat", "/var/lib/dpkg/status"], network_mode="none", remove=True)
+    finally:
+        client.close()
+    (folder / "status").write_bytes(status)
+    sim = subprocess.run(["apt-get", "install", "-s", "-o", f"Dir::State::status={folder / 'status'}", "python3"],
+                         capture_output=True, text=True, check=False)
+    need = [line.split()[1] for line in sim.stdout.splitlines() if line.startswith("Inst ")]
+    assert sim.returncode == 0 and "python3" in need, sim.stdout[-600:] + sim.stderr[-600:]
+    got = subprocess.run(["apt-get", "download", *need], cwd=folder, capture_output=True, text=True, check=False)
+    assert got.returncode == 0 and list(folder.glob("python3_*.deb")), got.stderr[-600:]
+    return folder
+
+
+def install_python(host: Any, debs: Path, lab_engine: str) -> None:
+    """Put the .debs into the host (the Docker archive API) and install them with dpkg."""
+    import docker
+
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        for deb in sorted(debs.glob("*.deb")):
+            tar.add(deb, arcname=f"rep-python/{deb.name}")
+    client = docker.DockerClient(base_url=lab_engine, timeout=300)
+    try:
+        assert client.containers.get(host.container).put_archive("/tmp", data.getvalue())
+    finally:
+        client.close()
+    sh(host, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q /tmp/rep-python/*.deb >/dev/null && "
+             "rm -rf /tmp/rep-python && python3 -c 'import ctypes'", timeout=600)
+
+
+@pytest.fixture
+def rep_host(lab_engine: str, lab_image: str, lima_home: Path) -> Iterator[Callable[..., Any]]:
+    """Factory of lab hosts named ``rep-<hex>`` (``layout=`` as ``ops.lab.hosts.up``), removed afterwards."""
+    from ops.lab import hosts
+
+    started: list[str] = []
+
+    def make(layout: str) -> Any:
+        name = f"rep-{uuid.uuid4().hex[:8]}"
+        index = hosts.reserve(name, owner_pid=os.getpid())
+        started.append(name)
+        return hosts.up(name, index, lab_engine, lima_home, image=lab_image, layout=layout)
+
+    yield make
+    for name in started:
+        hosts.down(name, lab_engine)
+
+
+def containers(host: Any) -> tuple[Path, Path]:
+    """A managed and an unmanaged container on the host's engine, each with a volume; damage in both,
+    and a root-owned file in the managed one. Returns the two volumes' folders on this machine."""
+    from ops.lab.containers import run_script
+
+    sh(host, run_script(MANAGED, True, host.docker) + run_script(OTHER, False, host.docker))
+    folders = []
+    for name in (MANAGED, OTHER):
+        data = Path(host.data_dir) / "volumes" / f"{name}-vol" / "_data"
+        (data / "d").mkdir()
+        for rel in ("d/f1", "d/f2", "top", "rootfile"):
+            (data / rel).write_text(rel)
+        for rel in DAMAGED:
+            os.chown(data / rel, NOBODY, NOBODY)
+        os.chown(data / "rootfile", 0, 0)
+        folders.append(data)
+    return folders[0], folders[1]
+
+
+def owners(data: Path) -> dict[str, tuple[int, int]]:
+    return {rel: (st.st_uid, st.st_gid) for rel in (*DAMAGED, "rootfile") for st in [os.lstat(data / rel)]}
+
+
+def damaged_state() -> dict[str, tuple[int, int]]:
+    return {**dict.fromkeys(DAMAGED, (NOBODY, NOBODY)), "rootfile": (0, 0)}
+
+
+def repaired_state() -> dict[str, tuple[int, int]]:
+    return {**dict.fromkeys(DAMAGED, (1000, 1000)), "rootfile": (0, 0)}
+
+
+def mac_lima_home(host: Any, folder: Path) -> Path:
+    """A LIMA_HOME for the Mac side whose ssh.config logs in as ``agent`` (not root), as Lima does; the
+    host lets agent use sudo without a password and the engine socket (docker group)."""
+    sh(host, "install -d -o agent -g agent -m 700 /home/agent/.ssh && "
+             "install -o agent -g agent -m 600 /root/.ssh/authorized_keys /home/agent/.ssh/authorized_keys && "
+             "echo 'agent ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/lima && chmod 440 /etc/sudoers.d/lima && "
+             "usermod -aG docker agent")
+    vm_dir = folder / host.vm
+    vm_dir.mkdir(parents=True)
+    text = Path(host.ssh_config).read_text().replace("  User root\n", "  User agent\n")
+    text = text.replace(str(Path(host.ssh_config).parent / "ssh.sock"), str(vm_dir / "ssh.sock"))
+    assert "  User agent\n" in text
+    (vm_dir / "ssh.config").write_text(text)
+    return folder
+
+
+def test_repair_from_a_mac_through_the_lima_vm(rep_host: Callable[..., Any], python_debs: Path,
+                                               lab_engine: str, tmp_path: Path) -> None:
+    host = rep_host("lima-vm")
+    install_python(host, python_debs, lab_engine)
+    managed, other = containers(host)
+    assert "/var/lib/docker" in sh(host, f"{host.docker} info --format '{{{{.DockerRootDir}}}}'")
+    env = {"INVOKE_CAI_PLATFORM": "macos", "INVOKE_CAI_LIMA_HOME": str(mac_lima_home(host, tmp_path / "mac-lima")),
+           "INVOKE_CAI_LIMA_VM": host.vm}
+
+    # doctor on the Mac sees the damage inside the VM (it said "not checked" before)
+    doc = json.loads(inv("doctor", "--json", env=env, timeout=300).stdout)
+    damaged = [f for f in doc["findings"] if f["code"] == "ownership.damaged"]
+    assert [f["data"]["volume"] for f in damaged] == [f"{MANAGED}-vol"], doc["findings"]
+    assert damaged[0]["target"] == host.target and f"--target {host.target}" in damaged[0]["hint"]
+
+    # --dry-run from the Mac (no --target: the default Lima VM) counts and changes nothing
+    dry = inv("repair", "--all", "--dry-run", env=env, timeout=300)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert f"volume {MANAGED}-vol ({MANAGED}): would repair 4 of 6 entries to 1000:1000" in dry.stdout, dry.stdout
+    assert OTHER not in dry.stdout and "not supported" not in dry.stdout + dry.stderr
+    assert owners(managed) == damaged_state() and owners(other) == damaged_state()
+
+    # the repair, from the Mac: the managed volume only, root-owned files untouched
+    done = inv("repair", "--container", MANAGED, "--target", host.target, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"volume {MANAGED}-vol ({MANAGED}): scanned 6, repaired 4 to 1000:1000 (id agent" in done.stdout
+    assert owners(managed) == repaired_state()
+    assert owners(other) == damaged_state(), "an unmanaged container's volume was touched"
+
+    again = inv("doctor", "--repair", env=env, timeout=300)  # nothing left: the same path from doctor
+    assert again.returncode == 0 and "repaired 0 to 1000:1000" in again.stdout, again.stdout + again.stderr
+
+
+def test_repair_on_an_ssh_host(rep_host: Callable[..., Any], python_debs: Path, lab_engine: str,
+                               tmp_path: Path) -> None:
+    from ops.lab.hosts import proxy_command
+
+    host = rep_host("containai")
+    managed, other = containers(host)
+    alias = f"{host.name}.lab"
+    config = tmp_path / "ssh_config"
+    config.write_text("\n".join([
+        f"Host {alias}", f"  ProxyCommand {proxy_command(host.container, lab_engine)}", f'  IdentityFile "{host.key}"',
+        "  IdentitiesOnly yes", "  StrictHostKeyChecking no", "  UserKnownHostsFile /dev/null", "  BatchMode yes",
+        "  LogLevel ERROR", ""]))
+    target = f"ssh://root@{alias}:22"
+    env = {"INVOKE_CAI_SSH_CONFIG": str(config), "INVOKE_CAI_LIMA_HOME": str(tmp_path / "no-lima")}
+
+    # no python3 on the host: one line and exit 1; doctor says the ownership could not be checked
+    bare = inv("repair", "--all", "--target", target, env=env, timeout=300)
+    assert bare.returncode == 1 and "Traceback" not in bare.stderr, bare.stderr
+    assert bare.stderr.strip().splitlines() == [
+        f"error: {target} has no python3: repair walks the volumes on the engine host with its python3: "
+        "install python3 there (apt-get install python3), then rerun"], bare.stderr
+    doc = json.loads(inv("doctor", "--json", "--target", target, env=env, timeout=300).stdout)
+    assert [f["message"] for f in doc["findings"] if f["code"] == "ownership.not-checked"] == [
+        f"volume ownership not checked: {target} has no python3: repair walks the volumes on the engine host "
+        "with its python3"]
+    assert owners(managed) == damaged_state()
+
+    install_python(host, python_debs, lab_engine)
+    dry = inv("repair", "--all", "--dry-run", "--target", target, env=env, timeout=300)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert f"volume {MANAGED}-vol ({MANAGED}): would repair 4 of 6 entries to 1000:1000" in dry.stdout, dry.stdout
+    assert "  would chown top [file] 65534:65534 -> 1000:1000" in dry.stdout
+    assert owners(managed) == damaged_state()
+
+    # a fleet: this host and one that does not answer; a result per target, the others go on
+    down = "ssh://root@127.0.0.254:2222"
+    fleet = inv("repair", "--all", "--json", "--target", target, "--target", down, env=env, timeout=300)
+    assert fleet.returncode == 1, fleet.stdout + fleet.stderr
+    result = {t["target"]: t for t in json.loads(fleet.stdout)["targets"]}
+    assert result[down]["exit_code"] == 1 and not result[down]["ok"]
+    assert result[target]["ok"] and result[target]["summary"] == "repaired 4 entries in 1 volume(s)"
+    (volume,) = result[target]["detail"]["volumes"]
+    assert (volume["volume"], volume["owner"], volume["repaired"], volume["failed"]) == (
+        f"{MANAGED}-vol", "1000:1000", 4, False)
+    assert f"[{target}] volume {MANAGED}-vol ({MANAGED}): scanned 6, repaired 4" in fleet.stderr
+    assert owners(managed) == repaired_state()
+    assert owners(other) == damaged_state(), "an unmanaged container's volume was touched"
