@@ -65,6 +65,10 @@ def doctor(
         if code:
             raise Exit(code=code)
         return
+    if not json_ and sys.stdout.isatty():  # the table's library loads while the targets are probed
+        import threading
+
+        threading.Thread(target=_import_rich, daemon=True).start()
     from ops.doctor import run_doctor
     from ops.findings import has_error, to_document
 
@@ -147,6 +151,12 @@ def ssh_fixes(findings: list[Any], conf: Any, dry_run: bool, capture: bool) -> l
         for line in lines:
             print(line, file=sys.stderr)
     return lines
+
+
+def _import_rich() -> None:
+    """Import what :func:`render_text` uses on a terminal."""
+    import rich.console  # noqa: F401
+    import rich.table  # noqa: F401
 
 
 def render_text(reports: list[Any]) -> None:

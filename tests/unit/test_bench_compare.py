@@ -71,3 +71,16 @@ def test_unknown_bench_is_one_line_and_exit_2() -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and "unknown bench nope" in result.stderr
+
+
+def test_the_bash_doctor_ratio_has_its_goal() -> None:
+    """doctor with no engine is no slower than the bash doctor on the same host (a ratio, not seconds)."""
+    m = load()
+    rows = m.ratios("cli_latency", "figure bash cai doctor (no engine) = 0.320 s\n"
+                                   "ratio inv doctor (no engine) / bash cai doctor = 0.91\n"
+                                   "ratio inv doctor (no engine) / import invoke = 1.60")
+    judged = {r.what: m.goal_of(r) for r in rows}
+    assert judged["bash cai doctor (no engine)"] is None
+    assert judged["inv doctor (no engine) / import invoke"] is None
+    goal = judged["inv doctor (no engine) / bash cai doctor"]
+    assert goal is not None and goal.check(0.91) and not goal.check(1.2)
