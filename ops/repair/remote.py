@@ -105,6 +105,18 @@ def open_host(ctx: Any, name: str, dry_run: bool) -> Host:
                        "log in as root, or allow passwordless sudo for this user", exit_code=1)
 
 
+def layout_of(host: Host, conf: Any, name: str) -> Any:
+    """The target's host layout (``ops.layout.Layout``), its facts read as root (a daemon.json only root
+    may read is read, as ``inv update`` reads it); ``cai.layout`` forces it."""
+    from ops.layout import LayoutError, decide, parse_probe, probe_command
+
+    code, out, err = host.probe(probe_command(conf.label), timeout=PROBE_TIMEOUT)
+    if "load:" not in out:
+        raise LayoutError(f"{name}: the layout probe failed ({err.strip()[:200] or code})",
+                          "check that the host is a POSIX host with a shell")
+    return decide(parse_probe(out), name, conf.layout)
+
+
 def missing_python(name: str) -> OpsError:
     """The one line for a target without python3."""
     return OpsError(f"{name} has no python3: repair walks the volumes on the engine host with its python3",

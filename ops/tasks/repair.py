@@ -146,14 +146,14 @@ def _repair_local(conf: Any, all: bool, container: str | None, dry_run: bool,  #
 
 def _repair_remote(ctx: Any, conf: Any, text: str, scope: Scope, out: Output) -> Outcome:
     """A ``lima:<vm>`` or ``ssh://`` target: its layout's engine and data root, root and python3 there."""
-    from ops.layout import conf_for, read_layout
+    from ops.layout import conf_for
     from ops.repair import remote
     from ops.targets import engine_host, resolve
 
     r = resolve(text, conf, ctx)
     try:
-        conf = conf_for(conf, read_layout(r.ctx, conf, r.name))
-        host = remote.open_host(r.ctx, r.name, scope.dry_run)  # python3 and root before the engine is asked
+        host = remote.open_host(r.ctx, r.name, scope.dry_run)  # python3 and root before anything else
+        conf = conf_for(conf, remote.layout_of(host, conf, r.name))
         with engine_host(r.target, conf) as docker_host:
             facts, warnings = _gather(conf, docker_host, scope)
         outcome = _finish(facts, warnings, conf.data_root, scope, remote.runner(host, r.name), None, out, r.name)
