@@ -348,3 +348,21 @@ def test_the_shipped_walk_runs_under_a_bare_python3(tmp_path: Path) -> None:
     assert answer is not None and answer["error"]["kind"] == "unsafe", run.stderr
     with pytest.raises(OpsError, match="is a symlink"):
         core.results(plans, answer, True)
+
+
+def test_a_targets_row_and_its_volumes_as_json() -> None:
+    from ops.tasks.repair import Outcome, outcome_summary, volume_summary
+
+    done = WalkStats(scanned=6, damaged=4, repaired=4, seconds=0.01234, workers=2)
+    left = WalkStats(scanned=3, damaged=1, repaired=0)
+    left.skipped[SKIP_ERROR] = 1
+    results = [core.VolumeResult(_plan("a"), done, "", False), core.VolumeResult(_plan("b"), left, "", False),
+               core.VolumeResult(_plan("s", None), None, "", False, "disagree")]
+    outcome = Outcome(1, results, "lima:vm")
+    assert outcome_summary(outcome, False) == "repaired 4 entries in 2 volume(s); damage may remain in b, s"
+    assert outcome_summary(Outcome(0, results[:1]), True) == "would repair 4 entries in 1 volume(s)"
+    assert volume_summary(results[0]) == {
+        "volume": "a", "containers": ["c"], "owner": "1000:1000", "failed": False, "scanned": 6, "damaged": 4,
+        "repaired": 4, "skipped_entries": {}, "errors": [], "seconds": 0.012, "workers": 2}
+    assert volume_summary(results[2]) == {"volume": "s", "containers": ["c"], "owner": None, "failed": True,
+                                          "skipped": "disagree"}
