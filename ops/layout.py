@@ -93,7 +93,9 @@ class Engine:
     root_dir: str = ""
     default_runtime: str = ""
     runtimes: tuple[str, ...] = ()
-    managed: int = 0  # managed containers (any state)
+    #: managed containers (any state), counted on the VM's socket only (the one :func:`decide` needs to
+    #: tell which engine holds them); None where not counted
+    managed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ def probe_command(label: str = "containai.managed=true") -> str:
         "  { i=$(timeout 15 \"$d\" -H \"unix://$s\" info --format "
         "'{{.DockerRootDir}}|{{.DefaultRuntime}}|{{range $k, $v := .Runtimes}}{{$k}},{{end}}' 2>/dev/null)"
         ' && p "info:$s" "$i"; } &',
+        f'  [ "$s" = {VM_SOCKET} ] || continue',
         f"  {{ n=$(timeout 15 \"$d\" -H \"unix://$s\" ps -aq --filter label={q(label)} 2>/dev/null | wc -l)"
         ' && p "managed:$s" "$n"; } &',
         "done",
@@ -270,7 +273,7 @@ def parse_probe(text: str) -> LayoutFacts:
         root, _, rest = info.partition("|")
         default, _, runtimes = rest.partition("|")
         engines[sock] = Engine(True, root, default,
-                               tuple(sorted(r for r in runtimes.split(",") if r)), managed.get(sock, 0))
+                               tuple(sorted(r for r in runtimes.split(",") if r)), managed.get(sock))
     unit_facts = {}
     for name, raw in units.items():
         path = raw.get("path", "")
