@@ -210,16 +210,20 @@ def host_probes(conf: CaiConfig) -> list[str]:
     from ops import units
     from ops.layout import LayoutFacts, lima_vm_layout, probe_command
 
-    def systemd_only(commands: list[str]) -> list[str]:
-        pid1, *rest = commands  # units.doctor_commands: PID 1's name first, the rest only under systemd
-        return [pid1, *(probes.OnlyIf(c, probes.IF_PID1_SYSTEMD) for c in rest)]
+    def systemd_only(layout: Any) -> list[str]:
+        # units.doctor_commands: PID 1's name first, the rest only under systemd. The engine unit's state
+        # of a found layout comes from the layout probe's systemctl show (units.doctor_findings reads it
+        # there): only the one asked when no layout is found (layout None) stays
+        pid1, *rest = units.doctor_commands(conf, layout)
+        return [pid1, *(probes.OnlyIf(c, probes.IF_PID1_SYSTEMD) for c in rest
+                        if layout is None or c != units.engine_active_command(layout))]
 
     return [probe_command(conf.label),
             probes.SYSBOX_PROBE, probes.bundle_probe(conf.opt_dir), probes.has_command_probe("fusermount3"),
             probes.dpkg_probe("fuse"), probes.APPARMOR_PROBE, probes.has_command_probe("sysbox-runc"),
             probes.OnlyIf(probes.unit_active_probe("sysbox.service"), probes.IF_PID1_SYSTEMD),
-            *systemd_only(units.doctor_commands(conf)),  # the unit checks of either layout
-            *systemd_only(units.doctor_commands(conf, lima_vm_layout(LayoutFacts(), "")))]
+            *systemd_only(None),  # the unit checks of either layout
+            *systemd_only(lima_vm_layout(LayoutFacts(), ""))]
 
 
 def _warm_up(text: str, conf: CaiConfig, alone: bool) -> None:

@@ -331,11 +331,17 @@ def install(host: Any, files: list[RenderedFile], enable: bool = True) -> None:
 
 def doctor_commands(conf: CaiConfig, layout: Layout | None = None) -> list[str]:
     """The probes :func:`doctor_findings` runs (so a caller can run them in one round trip first):
-    PID 1's name, the installed files, the engine unit's and the guard unit's states (of ``layout``)."""
-    engine = layout.engine_unit if is_vm(layout) and layout is not None else ENGINE_UNIT
+    PID 1's name, the installed files, the engine unit's and the guard unit's states (of ``layout``).
+    The engine unit's state (:func:`engine_active_command`) is only run when ``layout`` does not hold it."""
     return ["cat /proc/1/comm 2>/dev/null", dump_command(managed_paths(conf, layout)),
-            f"systemctl is-active {engine} 2>/dev/null",
+            engine_active_command(layout),
             f"systemctl show -p LoadState -p ActiveState -p SubState {GUARD_UNIT} 2>/dev/null"]
+
+
+def engine_active_command(layout: Layout | None = None) -> str:
+    """``systemctl is-active`` of the layout's engine unit."""
+    engine = layout.engine_unit if is_vm(layout) and layout is not None else ENGINE_UNIT
+    return f"systemctl is-active {engine} 2>/dev/null"
 
 
 def doctor_findings(ctx: Any, conf: CaiConfig, target: str, platform: str,
@@ -367,8 +373,11 @@ def doctor_findings(ctx: Any, conf: CaiConfig, target: str, platform: str,
             "run `inv update` to install the rendered units (review them with `inv units.render`)",
             platform, {"path": d.path, "kind": d.kind, "missing": d.missing, "diff": d.diff},
         ))
-    _c, active, _e = run(ctx, engine_active)
-    state = active.strip() or "unknown"
+    # the layout read the engine unit's ActiveState (what is-active prints) in the same round trip
+    state = layout.engine_state if layout is not None else ""
+    if not state:
+        _c, active, _e = run(ctx, engine_active)
+        state = active.strip() or "unknown"
     if state != "active":
         findings.append(Finding(
             "engine.unit-inactive", "error", target, f"{engine_unit} is {state}",
