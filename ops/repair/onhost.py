@@ -39,6 +39,9 @@ else:  # pragma: no cover - run on a target by the bootstrap, which loaded walk.
 PROTOCOL = 1
 #: Printed before the one-line JSON answer on stdout (anything else on stdout is ignored).
 MARK = "@@CAI-REPAIR "
+#: With ``"progress": true`` in the request: ``PROGRESS start <volume>`` and ``PROGRESS entries <n>``
+#: lines on stdout while the walk runs.
+PROGRESS = "@@CAI-PROGRESS "
 VOLUME_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -269,8 +272,15 @@ def main(argv: list[str]) -> int:
         answer: dict[str, Any] = {"protocol": PROTOCOL, "error": {
             "kind": FAILED, "message": f"repair protocol {request.get('protocol')} is not {PROTOCOL}",
             "hint": "use the same toolkit version on both sides"}}
+    elif request.get("progress"):
+        answer = execute(request, lambda name: _tell("start", name), lambda n: _tell("entries", str(n)))
     else:
         answer = execute(request)
     sys.stdout.write(MARK + json.dumps(answer) + "\n")
     sys.stdout.flush()
     return 0
+
+
+def _tell(kind: str, value: str) -> None:
+    sys.stdout.write(f"{PROGRESS}{kind} {value}\n")
+    sys.stdout.flush()

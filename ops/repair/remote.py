@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from invoke.watchers import StreamWatcher
+
 from ops.errors import OpsError, RefusedError
 from ops.repair import onhost, walk
 from ops.update.hostio import Host
@@ -124,10 +126,16 @@ def missing_python(name: str) -> OpsError:
 
 
 def runner(host: Host, name: str, timeout: int = REPAIR_TIMEOUT) -> Callable[..., dict[str, Any]]:
-    """A request runner (the remote twin of :func:`ops.repair.onhost.execute`) on ``host``."""
+    """A request runner (the remote twin of :func:`ops.repair.onhost.execute`) on ``host``; given
+    callbacks, the walk's progress lines call them as the output arrives."""
 
-    def run(request: dict[str, Any], on_start: Any = None, on_progress: Any = None) -> dict[str, Any]:
-        code, out, err = host.run(driver_command(request), what="the repair walk", timeout=timeout)
+    def run(request: dict[str, Any], on_start: Callable[[str], None] | None = None,
+            on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        command = driver_command({**request, "progress": on_start is not None or on_progress is not None})
+        watched = host
+        if on_start is not None or on_progress is not None:
+            watched = Host(_Watching(host.ctx, ProgressWatcher(on_start, on_progress)), host.sudo, host.privileged)
+        code, out, err = watched.run(command, what="the repair walk", timeout=timeout)
         answer = parse_answer(out)
         if answer is not None:
             return answer
@@ -139,3 +147,48 @@ def runner(host: Host, name: str, timeout: int = REPAIR_TIMEOUT) -> Callable[...
                        "check python3 on the target (3.7 or later), then rerun")
 
     return run
+
+
+class ProgressWatcher(StreamWatcher):
+    """Reads the walk's progress lines (:data:`onhost.PROGRESS`) from the output seen so far and calls
+    ``on_start`` once per volume and ``on_progress`` with the latest count. Invoke hands a watcher each
+    stream whole as it grows; only stdout carries these lines."""
+
+    def __init__(self, on_start: Callable[[str], None] | None, on_progress: Callable[[int], None] | None) -> None:
+        super().__init__()
+        self.on_start = on_start
+        self.on_progress = on_progress
+        self.started: list[str] = []
+        self.count = -1
+
+    def submit(self, stream: str) -> list[str]:
+        """Note the complete progress lines of ``stream``; never answers anything."""
+        lines = stream[:stream.rfind("\n") + 1].splitlines()
+        for name in [line[len(onhost.PROGRESS) + 6:] for line in lines if line.startswith(onhost.PROGRESS + "start ")]:
+            if name not in self.started:
+                self.started.append(name)
+                self.count = -1
+                if self.on_start is not None:
+                    self.on_start(name)
+        counts = [line for line in lines if line.startswith(onhost.PROGRESS + "entries ")]
+        if counts:
+            count = int(counts[-1].rsplit(" ", 1)[1])
+            if count != self.count and self.on_progress is not None:
+                self.on_progress(count)
+            self.count = count
+        return []
+
+
+class _Watching:
+    """A Context whose ``run`` also passes a watcher (everything else goes to the wrapped Context)."""
+
+    def __init__(self, ctx: Any, watcher: StreamWatcher) -> None:
+        self.ctx = ctx
+        self.watcher = watcher
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ctx, name)
+
+    def run(self, command: str, **kwargs: Any) -> Any:
+        """The wrapped Context's ``run`` with the watcher."""
+        return self.ctx.run(command, watchers=[self.watcher], **kwargs)

@@ -366,3 +366,31 @@ def test_a_targets_row_and_its_volumes_as_json() -> None:
         "repaired": 4, "skipped_entries": {}, "errors": [], "seconds": 0.012, "workers": 2}
     assert volume_summary(results[2]) == {"volume": "s", "containers": ["c"], "owner": None, "failed": True,
                                           "skipped": "disagree"}
+
+
+def test_progress_lines_reach_the_callbacks(tmp_path: Path) -> None:
+    """A walk on a target reports its progress as it goes: the watcher reads the driver's lines from
+    the growing output (here a real local run of the shipped command, through the Context)."""
+    from ops.repair import remote
+    from ops.targets import LocalContext
+    from ops.update.hostio import Host
+
+    seen: list[tuple[str, object]] = []
+    watcher = remote.ProgressWatcher(lambda name: seen.append(("start", name)), lambda n: seen.append(("n", n)))
+    assert watcher.submit("@@CAI-PROGRESS start a\n@@CAI-PROGRESS entries 8192\n@@CAI-PROGRESS entr") == []
+    watcher.submit("@@CAI-PROGRESS start a\n@@CAI-PROGRESS entries 8192\n@@CAI-PROGRESS entries 16384\n")
+    watcher.submit("other stream: no progress here\n")
+    assert seen == [("start", "a"), ("n", 8192), ("n", 16384)]
+
+    for i in range(3):
+        data = tmp_path / "volumes" / f"v{i}" / "_data"
+        data.mkdir(parents=True)
+        (data / "f").write_text("x")
+    plans = [_plan(f"v{i}", Owner(os.getuid(), os.getgid(), "test")) for i in range(3)]
+    seen.clear()
+    run = remote.runner(Host(LocalContext(), ""), "local", timeout=120)
+    answer = run(core.request(plans, str(tmp_path), True, 1), lambda name: seen.append(("start", name)),
+                 lambda n: seen.append(("n", n)))
+    assert [r.stats.scanned for r in core.results(plans, answer, True) if r.stats] == [2, 2, 2]
+    assert [s for s in seen if s[0] == "start"] == [("start", "v0"), ("start", "v1"), ("start", "v2")]
+    assert seen[-1] == ("n", 2)
