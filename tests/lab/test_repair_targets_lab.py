@@ -169,15 +169,19 @@ def test_repair_from_a_mac_through_the_lima_vm(rep_host: Callable[..., Any], pyt
     assert OTHER not in dry.stdout and "not supported" not in dry.stdout + dry.stderr
     assert owners(managed) == damaged_state() and owners(other) == damaged_state()
 
-    # the repair, from the Mac: the managed volume only, root-owned files untouched
-    done = inv("repair", "--container", MANAGED, "--target", host.target, env=env, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert f"volume {MANAGED}-vol ({MANAGED}): scanned 6, repaired 4 to 1000:1000 (id agent" in done.stdout
+    # the repair, from the Mac, as doctor --fix runs it: the managed volume only, root-owned files untouched
+    fixed = inv("doctor", "--fix", "--json", env=env, timeout=300)
+    doc = json.loads(fixed.stdout)
+    assert doc["fix"]["targets"] == [host.target] and doc["fix"]["exit_code"] == 0, doc["fix"]
+    assert any(line.startswith(f"volume {MANAGED}-vol ({MANAGED}): scanned 6, repaired 4 to 1000:1000 (id agent")
+               for line in doc["fix"]["output"]), doc["fix"]
+    assert not [f for f in doc["findings"] if f["code"] == "ownership.damaged"]  # checked again after the fix
     assert owners(managed) == repaired_state()
     assert owners(other) == damaged_state(), "an unmanaged container's volume was touched"
 
-    again = inv("doctor", "--repair", env=env, timeout=300)  # nothing left: the same path from doctor
-    assert again.returncode == 0 and "repaired 0 to 1000:1000" in again.stdout, again.stdout + again.stderr
+    again = inv("repair", "--container", MANAGED, "--target", host.target, env=env, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"volume {MANAGED}-vol ({MANAGED}): scanned 6, repaired 0 to 1000:1000" in again.stdout, again.stdout
 
 
 def test_repair_on_an_ssh_host(rep_host: Callable[..., Any], python_debs: Path, lab_engine: str,
@@ -212,6 +216,8 @@ def test_repair_on_an_ssh_host(rep_host: Callable[..., Any], python_debs: Path, 
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert f"volume {MANAGED}-vol ({MANAGED}): would repair 4 of 6 entries to 1000:1000" in dry.stdout, dry.stdout
     assert "  would chown top [file] 65534:65534 -> 1000:1000" in dry.stdout
+    doctor = inv("doctor", "--repair", "--dry-run", "--target", target, env=env, timeout=300)
+    assert doctor.returncode == 0 and doctor.stdout == dry.stdout, doctor.stdout + doctor.stderr
     assert owners(managed) == damaged_state()
 
     # a fleet: this host and one that does not answer; a result per target, the others go on
