@@ -199,3 +199,37 @@ def test_wsl2_systemd_not_set_names_wsl_conf() -> None:
     facts = parse_host_facts(text)
     [pid1] = [f for f in platform_findings(Resolved(LOCAL, None, "wsl2", facts)) if f.code == "systemd.not-pid1"]
     assert "does not set [boot] systemd=true" in pid1.message
+
+
+def test_doctor_over_several_targets_goes_through_the_fleet_primitive(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """Several targets: one ``ops.fleet.run_fleet`` call, one result per target in the order given (exit
+    1 and the counts for a target with an error finding), the report of each in its result; no host is
+    reached (the ssh config named does not exist)."""
+    from ops import doctor, fleet
+    from ops.config import CaiConfig
+
+    calls: list[list[str]] = []
+
+    def spy(targets: list[str], op: object, parallel: int = 8, serial: bool = False) -> list[TargetResult]:
+        calls.append(list(targets))
+        return run_fleet(targets, op, parallel=parallel, serial=serial)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fleet, "run_fleet", spy)
+    conf = CaiConfig.from_mapping({"ssh_config": str(tmp_path / "absent")})
+    targets = ["ssh://root@127.0.0.254:2222", "ssh://root@127.0.0.253:2222"]
+    results = doctor.fleet_results(targets, conf)
+    assert calls == [targets]
+    assert [(r.target, r.exit_code, r.summary) for r in results] == [
+        (t, 1, "1 error(s), 0 warning(s)") for t in targets]
+    assert [[f.code for f in r.detail["report"].findings] for r in results] == [["target.unreachable"]] * 2
+    reports = doctor.run_doctor(targets, conf)
+    assert [r.target for r in reports] == targets and len(calls) == 2
+
+
+def test_a_target_whose_evaluation_failed_still_has_a_report() -> None:
+    from ops.doctor import _failed_report
+
+    report = _failed_report(TargetResult("ssh://h:22", 1, "unexpected KeyError: 'x'"))
+    assert [(f.code, f.severity, f.target) for f in report.findings] == [("target.check-failed", "error", "ssh://h:22")]
+    assert not report.reachable
