@@ -608,11 +608,13 @@ class RestartSysbox(PlanOp):
 
 @dataclass(frozen=True)
 class RestartEngine(PlanOp):
-    """Restart the engine explicitly, wait for its ping, then drop the rollback copy and start the stop
-    hook (one command)."""
+    """Restart the engine explicitly and wait for its ping; then drop the rollback copy and start the
+    stop hook (one command), here or, when containers were stopped, after they run again (:class:`ArmGuard`:
+    restarting the engine restarts the hook already, through ``PartOf=``)."""
 
     unit: str = ENGINE_UNIT
     drop_backup: bool = False
+    finish: bool = True
     touches: ClassVar[bool] = True
 
     def commands(self, env: Env) -> Iterator[Command]:
@@ -625,9 +627,31 @@ class RestartEngine(PlanOp):
             env.engine_ok = True
         yield Command(ENGINE, f"docker -H {env.socket} version", "waiting for the engine",
                       note="GET /version until it answers, within 90 s", call=wait)
-        drop = f"rm -rf {shlex.quote(rb.backup_dir(env.conf))}; " if self.drop_backup else ""
-        yield Command(ROOT, f"{drop}systemctl start {GUARD_UNIT}", f"systemctl start {GUARD_UNIT}",
-                      check=failed(f"systemctl start {GUARD_UNIT}"))
+        if self.finish:
+            yield arm_guard(env, self.drop_backup)
+
+
+def arm_guard(env: Env, drop_backup: bool) -> Command:
+    """Drop the rollback copy (the new engine answered) and start the stop hook, in one command."""
+    drop = f"rm -rf {shlex.quote(rb.backup_dir(env.conf))}; " if drop_backup else ""
+    return Command(ROOT, f"{drop}systemctl start {GUARD_UNIT}", f"systemctl start {GUARD_UNIT}",
+                   check=failed(f"systemctl start {GUARD_UNIT}"))
+
+
+@dataclass(frozen=True)
+class ArmGuard(Op):
+    """After the containers run again: drop the rollback copy and start the stop hook (kept out of the
+    time the containers are down)."""
+
+    drop_backup: bool = False
+
+    @property
+    def title(self) -> str:
+        return ("drop the rollback copy and start the stop hook" if self.drop_backup
+                else "start the stop hook")
+
+    def commands(self, env: Env) -> Iterator[Command]:
+        yield arm_guard(env, self.drop_backup)
 
 
 @dataclass(frozen=True)
@@ -719,18 +743,22 @@ def sequence(p: pl.Plan, facts: Any, conf: CaiConfig, digests: dict[str, str], s
     # systemd reads them (daemon-reload restarts nothing) before the stop
     early = (pl.UNITS, pl.RELOAD) if names else ()
     ordered = [s for s in p.steps if s.action in early] + [s for s in p.steps if s.action not in early]
+    # while the containers are down nothing waits that can run after they are up again
+    late_guard = bool(names) and pl.RESTART_ENGINE in by and pl.START in by
     for s in ordered:
-        ops.append(plan_op(s, names, files, engine_unit, drop_backup=guarded))
+        ops.append(plan_op(s, names, files, engine_unit, drop_backup=guarded, finish=not late_guard))
         if journal is not None:
             journal = journal.with_done(s.action)
             ops.append(WriteJournal(journal))
+    if late_guard:
+        ops.append(ArmGuard(guarded))
     if staged:
         ops.append(Cleanup())
     return ops
 
 
 def plan_op(s: pl.Step, names: tuple[str, ...], files: tuple[RenderedFile, ...], engine_unit: str,
-            drop_backup: bool) -> Op:
+            drop_backup: bool, finish: bool = True) -> Op:
     """The typed step of a plan step."""
     if s.action == pl.STOP:
         return StopContainers(s, names)
@@ -745,7 +773,7 @@ def plan_op(s: pl.Step, names: tuple[str, ...], files: tuple[RenderedFile, ...],
     if s.action == pl.RESTART_SYSBOX:
         return RestartSysbox(s)
     if s.action == pl.RESTART_ENGINE:
-        return RestartEngine(s, engine_unit, drop_backup)
+        return RestartEngine(s, engine_unit, drop_backup, finish)
     if s.action == pl.START_GUARD:
         return StartGuard(s)
     if s.action == pl.START:

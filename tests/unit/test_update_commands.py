@@ -137,12 +137,15 @@ def test_the_order_of_a_full_upgrade_keeps_every_safety_property() -> None:
     # after the stop: renames, install from apt's cache, restarts, start
     assert k[stop:] == ["StopContainers", "WriteJournal", "SwitchDockerd", "WriteJournal", "InstallSysbox",
                         "WriteJournal", "RestartSysbox", "WriteJournal", "RestartEngine", "WriteJournal",
-                        "StartContainers", "WriteJournal", "Cleanup"]
+                        "StartContainers", "WriteJournal", "ArmGuard", "Cleanup"]
     last = [op for op in ops if isinstance(op, st.WriteJournal)][-1]
     assert last.journal.done == ("write-units", "daemon-reload", "stop-containers", "install-dockerd",
                                  "install-sysbox", "restart-sysbox", "restart-engine", "start-containers")
+    # the rollback copy is dropped only once the new engine answered, and (with the stop hook's start)
+    # only once the containers run again: nothing waits while they are down that can wait until after
     engine = next(op for op in ops if isinstance(op, st.RestartEngine))
-    assert engine.drop_backup  # the rollback copy is dropped only once the new engine answered
+    arm = next(op for op in ops if isinstance(op, st.ArmGuard))
+    assert not engine.finish and arm.drop_backup
 
 
 def test_nothing_running_no_journal_and_the_files_in_plan_order() -> None:
