@@ -26,6 +26,7 @@ from ops.repair.scope import (
     volume_path,
 )
 from ops.repair.walk import WalkStats
+from ops.repair.walk import default_workers as default_workers  # walkers per core: the walk's sizing
 from ops.repair.where import data_root_visible as data_root_visible  # re-exported: callers use core.*
 from ops.repair.where import in_container as in_container
 
@@ -210,12 +211,3 @@ def check_data_root(engine: Engine, conf: CaiConfig) -> None:
             f"cai.data_root is {conf.data_root} but the engine's data root is {reported}",
             f"set cai.data_root (INVOKE_CAI_DATA_ROOT) to {reported}",
         )
-
-
-def default_workers() -> int:
-    """Walker processes: one per core this process may run on (at most 8)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))

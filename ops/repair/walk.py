@@ -23,13 +23,18 @@ Safety rules (see docs/repair.md):
   subdirectory names; paths are only joined to report one;
 - the walk is iterative: depth is limited by neither Python's recursion limit nor the fd limit
   (beyond a window, ancestor fds are closed and reopened through ``..`` with an identity check);
-- with several workers the tree is split by subtree: this process opens and checks the top
-  directories, then forks worker processes that inherit those fds and walk whole subtrees under the
-  same rules, sending back small summaries.
+- with several workers (``default_workers()``: one per core) the tree is split into units: this
+  process opens and checks the top directories (looking at nothing but their subdirectories), then
+  forks worker processes that inherit those fds and take units as they finish: whole subtrees, and
+  the files of the opened directories (a directory with many files is shared, ``SHARE_FILES`` or more
+  per unit, by name hash, the same in every forked worker), under the same rules, sending back one small summary
+  each.
 
 Python's ``os`` module has no way to pass ``AT_EMPTY_PATH`` (``os.chown("", dir_fd=fd)`` gives ENOENT
 and ``os.fchown`` on an ``O_PATH`` fd gives EBADF), so the owner change of a non-directory calls the C
-library's ``fchownat`` through ``ctypes``: the only hand-written system call binding here.
+library's ``fchownat`` through ``ctypes``; entry fds are closed together with the C library's
+``close_range`` the same way (``os.closerange`` may close them one by one). These two are the only
+hand-written system call bindings here.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import stat
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -62,13 +67,14 @@ MAX_MESSAGES = 100
 PROGRESS_EVERY = 8192
 #: Subtrees wanted per worker before forking (more gives better balance), and the most directories
 #: this process opens to find them.
-UNITS_PER_WORKER = 2
+UNITS_PER_WORKER = 4
+#: Files of one opened directory per file unit before they are shared among workers (by name hash).
+SHARE_FILES = 4096
 MAX_SPLIT_DIRS = 256
 MAX_TASKS = 4096
-#: Damaged entries of one directory handled together.
-BATCH = 256
 #: Entry fds kept open before they are closed together.
 CLOSE_BATCH = 64
+_IFMT = 0o170000
 
 # skip reasons (stable strings, shown in summaries)
 SKIP_MOUNT = "mount point (not entered)"
@@ -78,6 +84,16 @@ SKIP_HARDLINK = "hard link already repaired"
 SKIP_NO_LONGER = "no longer damaged"
 SKIP_ERROR = "error"
 REPAIRED = "repaired"
+
+
+def default_workers() -> int:
+    """Walker processes for a whole walk: one per core this process may run on (its CPU affinity,
+    which a container's or a cgroup's cpuset narrows), at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 def is_damaged(st: os.stat_result) -> bool:
@@ -120,17 +136,22 @@ def mount_id(fd: int) -> int:
     return parse_mnt_id(data)
 
 
-_fchownat: Any = None
+_libc_handle: Any = None
+
+
+def _libc() -> Any:
+    """The C library, loaded once (``use_errno``: a failed call's errno is read with ``_last_error``)."""
+    global _libc_handle
+    if _libc_handle is None:
+        import ctypes
+
+        _libc_handle = ctypes.CDLL(None, use_errno=True)
+    return _libc_handle
 
 
 def _libc_fchownat() -> Any:
     """The C library's ``fchownat`` (arguments: int fd, bytes path, int uid, int gid, int flags)."""
-    global _fchownat
-    if _fchownat is None:
-        import ctypes
-
-        _fchownat = ctypes.CDLL(None, use_errno=True).fchownat
-    return _fchownat
+    return _libc().fchownat
 
 
 def _c_id(value: int) -> int:
@@ -222,13 +243,18 @@ class _Frame:
 
 
 class _Unit(NamedTuple):
-    """A subtree handed to a worker: the directory ``name`` (listed with inode ``ino``) under the
-    open, checked directory ``parent`` whose path is ``base``."""
+    """A share of the walk handed to a worker. A subtree (``part`` -1): the directory ``name``
+    (listed with inode ``ino``) under the open, checked directory ``parent`` whose path is ``base``.
+    Files (``part`` >= 0): the non-directories of the open, checked directory ``parent`` itself
+    (named ``name`` under ``base``) whose name hashes to ``part`` of ``parts`` (a large directory is
+    shared by several workers; its subdirectories are units of their own)."""
 
     parent: int
     name: str
     ino: int
     base: tuple[str, ...]
+    part: int = -1
+    parts: int = 1
 
 
 class _Walk:
@@ -349,74 +375,98 @@ class _Walk:
                 return
         self.stats.repaired += 1
 
-    def scan(self, fd: int) -> list[tuple[str, int]]:
-        """List the current directory: fix its damaged non-directories, return its subdirectories."""
+    def scan(self, fd: int, part: int = -1, parts: int = 1) -> list[tuple[str, int]]:
+        """List the current directory: fix its damaged non-directories, return its subdirectories.
+        With ``part`` >= 0 only the non-directories whose name hashes to ``part`` of ``parts`` are
+        looked at and no subdirectory is returned (a share of a large directory)."""
         subdirs: list[tuple[str, int]] = []
-        stats = self.stats
-        n = 0
         try:
             it = os.scandir(fd)
         except OSError as exc:
             self.error(self.path(), exc)
             return subdirs
-        append = subdirs.append
-        limited = self.limited
-        bad: list[tuple[os.DirEntry[str], os.stat_result]] = []
         with it:
             try:
-                for entry in it:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            append((entry.name, entry.inode()))
-                            n += 1
-                            continue
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        stats.skipped[SKIP_VANISHED] += 1
-                        continue
-                    except OSError as exc:
-                        self.error(self.path(entry.name), exc)
-                        continue
-                    n += 1
-                    if st.st_uid == NOBODY or st.st_gid == NOBODY:
-                        if limited:
-                            self.fix_entry(fd, entry, st)
-                            if self.over_budget(n):
-                                break
-                        else:
-                            bad.append((entry, st))
-                            if len(bad) >= BATCH:
-                                self.fix_batch(fd, bad)
-                                bad.clear()
-                    elif limited and not n & 63 and self.over_budget(n):
-                        break
+                if self.limited:
+                    self.scan_limited(fd, it, subdirs)
+                else:
+                    self.scan_all(fd, it, subdirs, part, parts)
             except OSError as exc:  # the listing itself failed (EIO, ESTALE...)
                 self.error(self.path(), exc)
-        if bad:
-            self.fix_batch(fd, bad)
-        stats.scanned += n
         self.counted()
         return subdirs
 
-    def fix_batch(self, dfd: int, bad: list[tuple[os.DirEntry[str], os.stat_result]]) -> None:
-        """Damaged non-directories of one directory, the common case in a tight loop: one inode per
-        name, nothing mounted on it. Every other case (and every failure) goes through ``fix_entry``,
-        under the same rules. The entry fds are closed together (one ``close_range`` per batch)."""
-        open_, fstat = os.open, os.fstat
-        chown: Any = _libc_fchownat() if self.apply else None
-        flags, at = ENTRY_FLAGS, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW
-        dev, apply, stats = self.dev, self.apply, self.stats
-        uid, gid = _c_id(self.uid), _c_id(self.gid)
-        slow = self.fix_entry
+    def listing_error(self, entry: os.DirEntry[str], exc: OSError) -> None:
+        """The listing's ``lstat`` of one entry failed: vanished meanwhile, or one error."""
+        if exc.errno == errno.ENOENT:
+            self.stats.skipped[SKIP_VANISHED] += 1
+        else:
+            self.error(self.path(entry.name), exc)
+
+    def scan_limited(self, fd: int, it: Iterator[os.DirEntry[str]], subdirs: list[tuple[str, int]]) -> None:
+        """The listing under a detection budget: entry by entry, stopping as soon as it is spent."""
+        stats = self.stats
+        n = 0
+        try:
+            for entry in it:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append((entry.name, entry.inode()))
+                        n += 1
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as exc:
+                    self.listing_error(entry, exc)
+                    continue
+                n += 1
+                if st.st_uid == NOBODY or st.st_gid == NOBODY:
+                    self.fix_entry(fd, entry, st)
+                    if self.over_budget(n):
+                        break
+                elif not n & 63 and self.over_budget(n):
+                    break
+        finally:
+            stats.scanned += n
+
+    def scan_all(self, fd: int, it: Iterator[os.DirEntry[str]], subdirs: list[tuple[str, int]],
+                 part: int = -1, parts: int = 1) -> None:
+        """The listing of a whole directory, the common case in one tight loop: each entry is looked at
+        once (``lstat`` relative to the directory fd, as ``find`` does); a damaged one with one name and
+        nothing mounted on it is opened (``O_PATH``), checked through that fd (same device, inode and
+        type as the listing, still damaged) and changed through it. Every other case, and every
+        failure, goes through ``fix_entry`` under the same rules. Entry fds are closed together. Counts
+        are kept in local integers and added once."""
+        stats = self.stats
         examples, want = stats.examples, self.opts.examples
-        damaged = repaired = 0
+        dev, apply, nobody = self.dev, self.apply, NOBODY
+        uid, gid = _c_id(self.uid), _c_id(self.gid)
+        chown: Any = _libc_fchownat() if apply else None
+        open_, fstat, flags, at, ifmt = os.open, os.fstat, ENTRY_FLAGS, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, _IFMT
+        add_dir, slow = subdirs.append, self.fix_entry
         opened: list[int] = []
         keep = opened.append
+        n = damaged = repaired = 0
+        files_only, shared = part >= 0, parts > 1
         try:
-            for entry, st in bad:
+            for entry in it:
+                if shared and hash(entry.name) % parts != part:
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if not files_only:
+                            add_dir((entry.name, entry.inode()))
+                            n += 1
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as exc:
+                    self.listing_error(entry, exc)
+                    continue
+                n += 1
+                if st.st_uid != nobody and st.st_gid != nobody:
+                    continue
                 ino = st.st_ino
                 if st.st_nlink > 1 or st.st_dev != dev or entry.inode() != ino:
-                    slow(dfd, entry, st)
+                    slow(fd, entry, st)  # hard links, a mount on this name, another device
                     continue
                 if not apply:
                     damaged += 1
@@ -425,20 +475,24 @@ class _Walk:
                         examples.append(Example(self.path(entry.name), _kind(st.st_mode), st.st_uid, st.st_gid))
                     continue
                 try:
-                    pfd = open_(entry.name, flags, dir_fd=dfd)
+                    pfd = open_(entry.name, flags, dir_fd=fd)
                 except OSError:  # vanished, or an error: the careful path sorts it out and reports it
-                    slow(dfd, entry, st)
+                    slow(fd, entry, st)
                     continue
                 keep(pfd)
-                cur = fstat(pfd)
-                if cur.st_ino != ino or cur.st_dev != dev or (cur.st_mode ^ st.st_mode) & 0o170000:
-                    slow(dfd, entry, st)  # it opens the name again and finds the change
+                try:
+                    cur = fstat(pfd)
+                except OSError:
+                    slow(fd, entry, st)
+                    continue
+                if cur.st_ino != ino or cur.st_dev != dev or (cur.st_mode ^ st.st_mode) & ifmt:
+                    slow(fd, entry, st)  # it opens the name again and finds the change
                     continue
                 damaged += 1
                 if len(examples) < want:
                     examples.append(Example(self.path(entry.name), _kind(st.st_mode), st.st_uid, st.st_gid))
-                u = uid if cur.st_uid == NOBODY else -1
-                g = gid if cur.st_gid == NOBODY else -1
+                u = uid if cur.st_uid == nobody else -1
+                g = gid if cur.st_gid == nobody else -1
                 if u == -1 and g == -1:
                     stats.skipped[SKIP_NO_LONGER] += 1
                 elif chown(pfd, b"", u, g, at):  # exactly the inode checked above
@@ -449,6 +503,7 @@ class _Walk:
                     _close_all(opened)
         finally:
             _close_all(opened)
+            stats.scanned += n
             stats.damaged += damaged
             stats.repaired += repaired
 
@@ -588,57 +643,142 @@ class _Walk:
             done.fd = None
 
     def walk_unit(self, unit: _Unit) -> None:
-        """Enter and walk one subtree handed over by the splitting process."""
+        """Enter and walk one subtree, or look at one share of a directory's files, handed over by the
+        splitting process (whose directory fds stay open and are never closed here)."""
         self.base = unit.base
+        if unit.part >= 0:
+            self.stack = [_Frame(unit.parent, unit.name, unit.ino)]
+            try:
+                own = self.own_listing(unit) if unit.parts > 1 else unit.parent
+                if own >= 0:
+                    try:
+                        self.scan(own, unit.part, unit.parts)
+                    finally:
+                        if own != unit.parent:
+                            os.close(own)
+            finally:
+                self.stack = []
+            return
         self.stack = []
         fd = self.enter(unit.parent, unit.name, unit.ino)
         if fd is not None:
             self.walk_from(fd, unit.name, unit.ino)
 
+    def own_listing(self, unit: _Unit) -> int:
+        """A directory shared by several workers is listed by each through an open of its own (all
+        fds of one open directory share one listing position, inherited ones too): ``.`` of the
+        inherited fd, or, in a directory that may be listed but not searched, its ``/proc/self/fd``
+        link; either is the same directory (checked). -1 after reporting a failure."""
+        try:
+            try:
+                own = os.open(".", DIR_FLAGS, dir_fd=unit.parent)
+            except PermissionError:
+                own = os.open(f"/proc/self/fd/{unit.parent}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            self.error(self.path(), exc)
+            return -1
+        try:
+            st = os.fstat(own)
+            if (st.st_ino, st.st_dev) == (unit.ino, self.dev):
+                return own
+            self.error(self.path(), "reopened as another directory, left alone")
+        except OSError as exc:
+            self.error(self.path(), exc)
+        os.close(own)
+        return -1
+
+    def list_dirs(self, fd: int) -> tuple[list[tuple[str, int]], int]:
+        """The subdirectories (name, inode from the listing) of the current directory and how many
+        other entries it has, without looking at those (they are left to ``_Unit`` file shares)."""
+        subdirs: list[tuple[str, int]] = []
+        others = 0
+        try:
+            with os.scandir(fd) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            subdirs.append((entry.name, entry.inode()))
+                            continue
+                    except OSError:
+                        pass  # the file share lists it again and reports it
+                    others += 1
+        except OSError as exc:
+            self.error(self.path(), exc)
+        self.stats.scanned += len(subdirs)
+        return subdirs, others
+
 
 def _close_all(fds: list[int]) -> None:
-    """Close the fds (and empty the list): one ``close_range`` when they are consecutive numbers,
-    which they are when nothing else closed an fd while they were opened."""
+    """Close the fds (and empty the list): one ``close_range`` system call when they are consecutive
+    numbers, which they are when nothing else closed an fd while they were opened (Python's
+    ``os.closerange`` may close them one by one; the C library's ``close_range`` is used when it has
+    one, Linux 5.9 or later)."""
     if fds:
         low, high = min(fds), max(fds)
         if high - low + 1 == len(fds):
-            os.closerange(low, high + 1)
+            close_range = getattr(_libc(), "close_range", None) if _close_range_works else None
+            if close_range is None or close_range(low, high, 0):
+                _no_close_range()
+                os.closerange(low, high + 1)
         else:
             for fd in fds:
                 os.close(fd)
         fds.clear()
 
 
+_close_range_works = True
+
+
+def _no_close_range() -> None:
+    """The C library or the kernel has no ``close_range``: use ``os.closerange`` from now on."""
+    global _close_range_works
+    _close_range_works = False
+
+
 # --- splitting the work over processes ------------------------------------------------------------------
 
-def _split(w: _Walk, root_fd: int, root_ino: int, want: int) -> tuple[list[_Unit], list[int]]:
-    """Open the top of the tree here until there are ``want`` subtrees (or MAX_SPLIT_DIRS directories
-    were opened); the directories opened stay open (their fds are the units' parents)."""
+def _split(w: _Walk, root_fd: int, root_ino: int, workers: int) -> tuple[list[_Unit], list[int]]:
+    """Open the top of the tree here until there are ``workers * UNITS_PER_WORKER`` units (or
+    MAX_SPLIT_DIRS directories were opened). Only directories are looked at here: the files of an
+    opened directory become file units (shared by name hash among up to ``workers`` units when there
+    are more than SHARE_FILES of them), its subdirectories subtree units. The directories opened stay
+    open (their fds are the units' parents). File units come first (largest first), then subtrees in
+    breadth-first order (shallower first). Workers take units as they finish, so uneven subtrees even
+    out."""
+    want = workers * UNITS_PER_WORKER
     fd = os.dup(root_fd)
     held = [fd]
-    units: deque[_Unit] = deque()
+    trees: deque[_Unit] = deque()
+    files: list[tuple[int, _Unit]] = []
+
+    def opened(dfd: int, name: str, ino: int, base: tuple[str, ...]) -> None:
+        w.base, w.stack = base, [_Frame(dfd, name, ino)]
+        subdirs, others = w.list_dirs(dfd)
+        parts = max(1, min(workers, others // SHARE_FILES))
+        files.extend((others // parts, _Unit(dfd, name, ino, base, k, parts)) for k in range(parts) if others)
+        below = (*base, name) if name else base
+        trees.extend(_Unit(dfd, sub, sub_ino, below) for sub, sub_ino in subdirs)
+
     try:
-        w.base, w.stack = (), [_Frame(fd, "", root_ino)]
-        units.extend(_Unit(fd, name, ino, ()) for name, ino in w.scan(fd))
-        opened = 0
-        while units and len(units) < want and opened < MAX_SPLIT_DIRS:
-            unit = units.popleft()
-            opened += 1
+        opened(fd, "", root_ino, ())
+        count = 0
+        while trees and len(trees) + len(files) < want and count < MAX_SPLIT_DIRS:
+            unit = trees.popleft()
+            count += 1
             w.base, w.stack = unit.base, []
             cfd = w.enter(unit.parent, unit.name, unit.ino)
             if cfd is None:
                 continue
             held.append(cfd)
-            w.stack = [_Frame(cfd, unit.name, unit.ino)]
-            base = (*unit.base, unit.name)
-            units.extend(_Unit(cfd, name, ino, base) for name, ino in w.scan(cfd))
+            opened(cfd, unit.name, unit.ino, unit.base)
     except BaseException:
         for h in held:
             os.close(h)
         raise
     finally:
         w.base, w.stack = (), []
-    return list(units), held
+    files.sort(key=lambda f: -f[0])
+    return [u for _, u in files] + list(trees), held
 
 
 _TASK = struct.Struct("<II")
@@ -790,7 +930,7 @@ def walk(root_fd: int, opts: WalkOptions, on_progress: Callable[[int], None] | N
         total = w.stats
         used = 1
     else:
-        units, held = _split(w, root_fd, root_st.st_ino, workers * UNITS_PER_WORKER)
+        units, held = _split(w, root_fd, root_st.st_ino, workers)
         try:
             used = min(workers, len(units))
             if used <= 1:

@@ -1,4 +1,5 @@
-"""The fd-based walker on real trees (root needed for chown): depth, hard links, budgets, threads."""
+"""The fd-based walker on real trees (root needed for chown): depth, hard links, budgets, worker
+processes and how the tree is split among them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ops.repair.walk import FD_WINDOW, SKIP_HARDLINK, WalkOptions, walk
+from ops.repair import core
+from ops.repair import walk as walk_module
+from ops.repair.walk import FD_WINDOW, SHARE_FILES, SKIP_HARDLINK, UNITS_PER_WORKER, WalkOptions, walk
 
 pytestmark = pytest.mark.integration
 NOBODY = 65534
@@ -179,3 +182,128 @@ def test_memory_stays_small_on_a_20000_deep_chain(root: tuple[Path, int]) -> Non
         assert walk(fd, WalkOptions(apply=False)).damaged == 0
     finally:
         subprocess.run(["rm", "-rf", str(tree / "d")], check=True)
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_large_directory_is_shared_among_workers_and_the_splitter_looks_at_no_file(
+    root: tuple[Path, int],
+) -> None:
+    """A volume whose top directory holds most of the files: before forking, the splitting process
+    only lists directories (no file is looked at or changed there); the top's files become
+    ``workers`` shares by name hash, disjoint and together complete, and the walk with workers gives
+    the result of one."""
+    tree, fd = root
+    count = 2 * SHARE_FILES + 7
+    for i in range(count):
+        os.close(os.open(f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+        if i % 2:
+            os.chown(f"f{i}", NOBODY, NOBODY, dir_fd=fd)
+    for d in range(3):
+        (tree / f"d{d}").mkdir()
+        (tree / f"d{d}" / "g").write_text("")
+        os.chown(tree / f"d{d}" / "g", NOBODY, NOBODY)
+    damaged = count // 2 + 3
+    splitter = walk_module._Walk(WalkOptions(apply=False), os.fstat(fd).st_dev, walk_module.mount_id(fd))
+    units, held = walk_module._split(splitter, fd, os.fstat(fd).st_ino, 2)
+    try:
+        assert splitter.stats.damaged == 0 and splitter.stats.scanned == 3, "the splitter looked at files"
+        units.sort(key=lambda u: (u.name, u.part))
+        # largest first: the top's files in two shares, then the files of the three subdirectories
+        # (opened here, as there were fewer units than workers * UNITS_PER_WORKER)
+        assert [(u.name, u.part, u.parts) for u in units] == [
+            ("", 0, 2), ("", 1, 2), ("d0", 0, 1), ("d1", 0, 1), ("d2", 0, 1)]
+        shares = units[:2]
+        seen = []
+        for share in shares:
+            part = walk_module._Walk(WalkOptions(apply=False), splitter.dev, splitter.mnt)
+            part.walk_unit(share)
+            seen.append((part.stats.scanned, part.stats.damaged))
+        assert sum(s for s, _ in seen) == count and sum(d for _, d in seen) == count // 2
+        assert all(d > count // 8 for _, d in seen), f"one share did (almost) everything: {seen}"
+    finally:
+        for h in held:
+            os.close(h)
+    one = walk(fd, WalkOptions(apply=False, workers=1))
+    two = walk(fd, WalkOptions(apply=False, workers=2))
+    assert (one.scanned, one.damaged) == (two.scanned, two.damaged) == (count + 7, damaged)
+    before = _open_fds()
+    done = walk(fd, WalkOptions(uid=1000, gid=1000, apply=True, workers=2))
+    assert _open_fds() == before, "the walk left fds open"
+    assert done.workers == 2 and done.complete and done.repaired == damaged, done
+    assert walk(fd, WalkOptions(apply=False, workers=1)).damaged == 0
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_the_benchmark_tree_shape_gives_every_worker_several_units(root: tuple[Path, int], workers: int) -> None:
+    """The tree of bench/repair_throughput (200 directories under 14 top ones): enough units that a
+    worker finishing early takes another instead of waiting for the slowest."""
+    tree, fd = root
+    for d in range(200):
+        sub = tree / f"t{d % 14}" / f"d{d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / "f").write_text("")
+    splitter = walk_module._Walk(WalkOptions(apply=False), os.fstat(fd).st_dev, walk_module.mount_id(fd))
+    units, held = walk_module._split(splitter, fd, os.fstat(fd).st_ino, workers)
+    for h in held:
+        os.close(h)
+    assert len(units) >= workers * UNITS_PER_WORKER, units
+    assert splitter.stats.scanned < 100, "the splitter walked more than the top of the tree"
+
+
+@pytest.mark.parametrize("close_range", [True, False], ids=["close_range", "os.closerange"])
+def test_entry_fds_are_all_closed(root: tuple[Path, int], close_range: bool,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Damaged entries' fds are closed in batches, with the C library's close_range or without it."""
+    tree, fd = root
+    monkeypatch.setattr(walk_module, "_close_range_works", close_range)
+    for i in range(300):
+        (tree / f"f{i}").write_text("")
+        os.chown(tree / f"f{i}", NOBODY, NOBODY)
+    before = _open_fds()
+    done = walk(fd, WalkOptions(uid=1000, gid=1000, apply=True, workers=1))
+    assert done.repaired == 300 and _open_fds() == before
+
+
+def test_default_workers_follows_the_cpu_affinity() -> None:
+    """One walker per core this process may run on: ``taskset`` narrows it; the repair task layer
+    uses the same sizing."""
+    assert core.default_workers is walk_module.default_workers
+    assert walk_module.default_workers() == max(1, min(8, len(os.sched_getaffinity(0))))
+    repo = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c",
+                          "from ops.repair.walk import default_workers; print(default_workers())"],
+                         cwd=repo, check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "1"
+
+
+def test_a_shared_directory_that_can_be_listed_but_not_searched_reports_each_entry(tmp_path: Path) -> None:
+    """Root without CAP_DAC_* (setpriv), a 0600 directory of many damaged files shared by two workers:
+    each share lists it through an open of its own, every entry is one error with its own path."""
+    tree = tmp_path / "vol"
+    (tree / "locked").mkdir(parents=True)
+    count = 2 * SHARE_FILES + 3
+    for i in range(count):
+        (tree / "locked" / f"f{i}").write_text("")
+        os.chown(tree / "locked" / f"f{i}", NOBODY, NOBODY)
+    os.chmod(tree / "locked", 0o600)
+    script = (
+        "import os, sys\n"
+        "from ops.repair.walk import SKIP_ERROR, WalkOptions, walk\n"
+        "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+        "s = walk(fd, WalkOptions(uid=1000, gid=1000, apply=True, workers=2))\n"
+        "print(s.workers, s.repaired, s.skipped[SKIP_ERROR], len({e.split(':')[0] for e in s.errors}))\n"
+        "print(s.errors[0])\n"
+    )
+    caps = "-dac_override,-dac_read_search"
+    repo = str(Path(__file__).resolve().parents[2])
+    try:
+        out = subprocess.run(["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", "--", sys.executable,
+                              "-c", script, str(tree)], cwd=repo, check=True, capture_output=True, text=True,
+                             timeout=300).stdout.splitlines()
+    finally:
+        os.chmod(tree / "locked", 0o755)
+    assert out[0] == "2 0 " + str(count) + " 100", out  # 100 messages kept, each naming another entry
+    assert out[1].startswith("locked/f") and out[1].endswith(": Permission denied"), out
