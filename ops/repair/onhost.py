@@ -9,7 +9,8 @@ stdout, after :data:`MARK`.
 
 Request: ``{"protocol": 1, "data_root": str, "apply": bool, "strict": bool, "workers": int | null,
 "budget": {"max_damaged", "max_entries", "seconds"} | null, "examples": int,
-"volumes": [{"name", "uid", "gid"}]}``.
+"volumes": [{"name", "uid", "gid"}], "hangup": bool}``. With ``hangup`` the driver ends its walk when
+its caller goes away (:func:`end_on_hangup`) and exits with :data:`INTERRUPTED`, answering nothing.
 
 Answer: ``{"protocol": 1, "workers": int, "error": {"kind", "message", "hint"}}`` when nothing could
 be done (not root, no data root, with ``strict`` a volume path that is a symlink: nothing changed), else
@@ -25,8 +26,10 @@ import errno
 import json
 import os
 import re
+import signal
 import stat
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +40,11 @@ else:  # pragma: no cover - run on a target by the bootstrap, which loaded walk.
     walk = sys.modules["walk"]
 
 PROTOCOL = 1
+#: The driver's exit status when its walk was ended by its caller going away (128 + SIGINT, as a shell
+#: reports a command ended by Ctrl-C).
+INTERRUPTED = 130
+#: ``prctl`` option: the signal a process gets when the thread that forked it ends.
+PR_SET_PDEATHSIG = 1
 #: Printed before the one-line JSON answer on stdout (anything else on stdout is ignored).
 MARK = "@@CAI-REPAIR "
 #: With ``"progress": true`` in the request: ``PROGRESS start <volume>`` and ``PROGRESS entries <n>``
@@ -268,17 +276,73 @@ def encode_request(request: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     """Script entry point on a target: decode the request, execute it, print the answer after MARK."""
     request = json.loads(base64.b64decode(argv[0]).decode("utf-8"))
-    if int(request.get("protocol", 0)) != PROTOCOL:
-        answer: dict[str, Any] = {"protocol": PROTOCOL, "error": {
-            "kind": FAILED, "message": f"repair protocol {request.get('protocol')} is not {PROTOCOL}",
-            "hint": "use the same toolkit version on both sides"}}
-    elif request.get("progress"):
-        answer = execute(request, lambda name: _tell("start", name), lambda n: _tell("entries", str(n)))
-    else:
-        answer = execute(request)
-    sys.stdout.write(MARK + json.dumps(answer) + "\n")
-    sys.stdout.flush()
+    if request.get("hangup"):
+        end_on_hangup()
+    try:
+        if int(request.get("protocol", 0)) != PROTOCOL:
+            answer: dict[str, Any] = {"protocol": PROTOCOL, "error": {
+                "kind": FAILED, "message": f"repair protocol {request.get('protocol')} is not {PROTOCOL}",
+                "hint": "use the same toolkit version on both sides"}}
+        elif request.get("progress"):
+            answer = execute(request, lambda name: _tell("start", name), lambda n: _tell("entries", str(n)))
+        else:
+            answer = execute(request)
+        sys.stdout.write(MARK + json.dumps(answer) + "\n")
+        sys.stdout.flush()
+    except (KeyboardInterrupt, BrokenPipeError):
+        # the caller went away (or asked us to stop): the walk has ended (its workers too), every owner
+        # change it made is whole; nobody is left to read an answer
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write("repair walk interrupted: its caller went away\n")
+            sys.stderr.flush()
+        return INTERRUPTED
     return 0
+
+
+def end_on_hangup() -> None:
+    """Make this process's walk end when its caller goes away.
+
+    Without a terminal, sshd sends nothing when the connection drops, and Fabric cannot signal a
+    command: what reaches the command is end-of-file on its stdin (the channel), which the caller keeps
+    open while it waits. A thread reads stdin; at end-of-file it sends SIGHUP to the main thread. SIGHUP,
+    SIGTERM and SIGINT (``sudo`` relays them) raise KeyboardInterrupt there: the walk unwinds, and with
+    several workers it ends them (SIGTERM) and waits for them. Every owner change is one system call, so
+    an entry is either changed or not. A forked worker gets SIGTERM's default action back and a parent-death
+    signal, so it cannot outlive the driver even when the driver is killed outright.
+    """
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    driver = os.getpid()
+    os.register_at_fork(after_in_child=lambda: _worker_signals(driver))
+    main_thread = threading.get_ident()  # called from main(), in the main thread
+
+    def watch() -> None:
+        while True:
+            try:
+                if not os.read(0, 4096):
+                    break
+            except InterruptedError:
+                continue
+            except OSError:
+                break
+        signal.pthread_kill(main_thread, signal.SIGHUP)
+
+    threading.Thread(target=watch, name="hangup", daemon=True).start()
+
+
+def _worker_signals(driver: int) -> None:
+    """In a forked walk worker: SIGTERM and SIGHUP end it at once, and so does its driver's death."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != driver:  # the driver ended before the death signal was armed
+        os._exit(INTERRUPTED)
 
 
 def _tell(kind: str, value: str) -> None:

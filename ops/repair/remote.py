@@ -5,15 +5,24 @@ The walk is standard library only, so it runs under the target's own ``python3``
 request travel in ONE command over the target's Context (a ``fabric.Connection``), as root (``sudo -n``
 when the login user is not root, as ``inv update`` does). The answer comes back as one JSON line on
 stdout. Nothing is copied to the target's disk and nothing is left there.
+
+Nothing is left running there either. The command's stdin stays open while this side waits (sshd sends
+no signal when a connection without a terminal drops, and Fabric cannot signal a remote command: the
+end of stdin is what reaches it); the driver ends its walk when stdin ends. Ctrl-C or SIGTERM here
+(:func:`interruptible`) closes that stdin, waits for the target's walk to end (it ends its workers) and
+raises :func:`interrupted`; a dropped connection ends it the same way.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shlex
+import signal
+import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +38,10 @@ PROBE_TIMEOUT = 60
 #: One shell argument may not exceed 128 KiB (``sudo -n sh -c``): the command stays well below.
 COMMAND_MAX = 100 * 1024
 PYTHON_MISSING = 127
+#: What the local side reads as "no exit status": the connection ended before the command did.
+NO_STATUS = -1
+#: Seconds a target's walk gets to end after its stdin ended, before its connection is closed.
+GRACE = 5.0
 
 #: Loads the two modules from their compressed source (``walk`` first: ``onhost`` imports it) and runs
 #: ``onhost.main``. ``-I``: nothing from the environment or the current directory is imported.
@@ -127,26 +140,164 @@ def missing_python(name: str) -> OpsError:
 
 def runner(host: Host, name: str, timeout: int = REPAIR_TIMEOUT) -> Callable[..., dict[str, Any]]:
     """A request runner (the remote twin of :func:`ops.repair.onhost.execute`) on ``host``; given
-    callbacks, the walk's progress lines call them as the output arrives."""
+    callbacks, the walk's progress lines call them as the output arrives.
+
+    The walk's stdin is held open until a stop is asked (:func:`interruptible`); then it ends, the
+    target's driver ends the walk, and this raises :func:`interrupted` (so does a stop asked before)."""
 
     def run(request: dict[str, Any], on_start: Callable[[str], None] | None = None,
             on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-        command = driver_command({**request, "progress": on_start is not None or on_progress is not None})
-        watched = host
-        if on_start is not None or on_progress is not None:
-            watched = Host(_Watching(host.ctx, ProgressWatcher(on_start, on_progress)), host.sudo, host.privileged)
-        code, out, err = watched.run(command, what="the repair walk", timeout=timeout)
+        progress = on_start is not None or on_progress is not None
+        command = driver_command({**request, "progress": progress, "hangup": True})
+        options: dict[str, Any] = {"in_stream": OpenUntilStop()}
+        if progress:
+            options["watchers"] = [ProgressWatcher(on_start, on_progress)]
+        walking = Host(_RunWith(host.ctx, options), host.sudo, host.privileged)
+        if STOP.requested:
+            raise interrupted(name)
+        try:
+            with interruptible(), STOP.walking(host.ctx):
+                code, out, err = walking.run(command, what="the repair walk", timeout=timeout)
+        except KeyboardInterrupt:  # asked twice: we stop waiting (the target's walk ends on its own)
+            raise interrupted(name) from None
+        except OpsError:
+            if STOP.requested:  # the connection was cut after the grace period
+                raise interrupted(name) from None
+            raise
+        if STOP.requested:
+            raise interrupted(name)
         answer = parse_answer(out)
         if answer is not None:
             return answer
         if code == PYTHON_MISSING:
             raise missing_python(name)
+        if code == NO_STATUS:
+            raise OpsError(f"the connection to {name} was lost during the repair walk (the walk there ends "
+                           "with it; the entries it reached are repaired)",
+                           "check the connection, then run the repair again to finish", exit_code=1)
         tail = [line for line in err.strip().splitlines() if line.strip()]
         raise OpsError(f"the repair walk failed on {name} (exit {code})"
                        + (f": {tail[-1].strip()[:300]}" if tail else ""),
                        "check python3 on the target (3.7 or later), then rerun")
 
     return run
+
+
+# --- stopping a repair ----------------------------------------------------------------------------------
+
+class Stop:
+    """This process's request to stop its repairs: which signal asked (0: none), and the connections of
+    the remote walks waiting for their target right now. A walk stops when its stdin ends; one whose
+    target has not answered :data:`GRACE` seconds later has its connection closed (a half-dead ssh
+    ProxyCommand, a frozen link): the target's driver sees its stdin end with it."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._walks: list[Any] = []
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    @property
+    def requested(self) -> bool:
+        """True once a stop was asked."""
+        return self.signum != 0
+
+    def ask(self, signum: int) -> bool:
+        """Ask every repair to stop; True when remote walks are in flight (they will stop and raise)."""
+        with self._lock:
+            self.signum = self.signum or signum
+            if self._walks and self._timer is None:
+                self._timer = threading.Timer(GRACE, self._cut)
+                self._timer.daemon = True
+                self._timer.start()
+            return bool(self._walks)
+
+    def clear(self) -> None:
+        """Forget an earlier stop (a new command begins)."""
+        with self._lock:
+            self.signum = 0
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def _cut(self) -> None:
+        with self._lock:
+            walks = list(self._walks)
+        for ctx in walks:
+            with contextlib.suppress(Exception):
+                ctx.close()
+
+    @contextlib.contextmanager
+    def walking(self, ctx: Any) -> Iterator[None]:
+        """Registers a remote walk in flight on ``ctx`` (its Context: closed if it does not stop)."""
+        with self._lock:
+            self._walks.append(ctx)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._walks.remove(ctx)
+
+
+STOP = Stop()
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) while no remote walk is in flight: unwinds like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def interrupted(name: str, signum: int = 0) -> OpsError:
+    """The one line for a repair stopped by Ctrl-C or SIGTERM: exit 130 (128 + SIGINT) or 143 (SIGTERM)."""
+    signum = signum or STOP.signum or signal.SIGINT
+    return OpsError(f"the repair was interrupted on {name} (the walk there stops with it; the entries it "
+                    "reached are repaired, the others may still show 65534)",
+                    "run the same repair again to finish it", exit_code=128 + signum)
+
+
+_depth = 0
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """While a repair runs (main thread only; elsewhere nothing changes): SIGINT and SIGTERM ask
+    :data:`STOP`. With a remote walk in flight the signal only asks (each walk ends its target's side,
+    then raises :func:`interrupted`); otherwise, or when asked a second time, it raises
+    :class:`Interrupted` at once, as Ctrl-C does (an in-process walk unwinds and ends its workers).
+    The outermost use forgets an earlier stop."""
+    global _depth
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        again = STOP.requested
+        if STOP.ask(signum) and not again:
+            return
+        raise Interrupted(signum)
+
+    if _depth == 0:
+        STOP.clear()
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class OpenUntilStop:
+    """The walk's ``in_stream``: nothing to read (Invoke polls it) until a stop is asked, then end of
+    file, and Invoke closes the command's stdin (on a ``fabric.Connection``, the channel's write side)."""
+
+    def read(self, size: int = -1) -> str | None:
+        """None (nothing yet) while no stop is asked; '' (end of file) after."""
+        return "" if STOP.requested else None
 
 
 class ProgressWatcher(StreamWatcher):
@@ -179,16 +330,17 @@ class ProgressWatcher(StreamWatcher):
         return []
 
 
-class _Watching:
-    """A Context whose ``run`` also passes a watcher (everything else goes to the wrapped Context)."""
+class _RunWith:
+    """A Context whose ``run`` passes ``options`` over the caller's (everything else goes to the wrapped
+    Context)."""
 
-    def __init__(self, ctx: Any, watcher: StreamWatcher) -> None:
+    def __init__(self, ctx: Any, options: dict[str, Any]) -> None:
         self.ctx = ctx
-        self.watcher = watcher
+        self.options = options
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.ctx, name)
 
     def run(self, command: str, **kwargs: Any) -> Any:
-        """The wrapped Context's ``run`` with the watcher."""
-        return self.ctx.run(command, watchers=[self.watcher], **kwargs)
+        """The wrapped Context's ``run`` with the options."""
+        return self.ctx.run(command, **{**kwargs, **self.options})

@@ -111,15 +111,19 @@ def run_repair(
 def repair_target(ctx: Any, text: str, all: bool, container: str | None, dry_run: bool,  # noqa: A002
                   uid: Any, gid: Any, default_all: bool = False, out: Output | None = None) -> Outcome:
     """One target: the local host in this process, any other through its Context."""
+    from ops.repair.remote import interrupted
     from ops.targets import effective_target, parse_target
 
     conf = cfg(ctx)
     out = out or Output(progress=is_tty())
     target = effective_target(parse_target(text, conf.lima_vm), conf)
-    if not target.remote:
-        return _repair_local(conf, all, container, dry_run, uid, gid, default_all, out)
-    scope = scope_of(all, container, dry_run, uid, gid, default_all)
-    return _repair_remote(ctx, conf, text, scope, out)
+    try:
+        if not target.remote:
+            return _repair_local(conf, all, container, dry_run, uid, gid, default_all, out)
+        scope = scope_of(all, container, dry_run, uid, gid, default_all)
+        return _repair_remote(ctx, conf, text, scope, out)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the walk has unwound (its workers ended)
+        raise interrupted(text, getattr(exc, "signum", 0)) from None
 
 
 def _repair_local(conf: Any, all: bool, container: str | None, dry_run: bool,  # noqa: A002
@@ -330,8 +334,10 @@ def repair_fleet(ctx: Any, targets: list[str], all: bool, container: str | None,
         return TargetResult(text, outcome.code, outcome_summary(outcome, dry_run),
                             {"target": outcome.target, "volumes": [volume_summary(r) for r in outcome.results]})
 
+    from ops.repair.remote import STOP
+
     results = run_fleet(kept, one)
-    code = fleet_exit_code(results)
+    code = 128 + STOP.signum if STOP.requested else fleet_exit_code(results)
     if json_:
         print(json.dumps({"schema": 1, "dry_run": dry_run, "exit": code,
                           "targets": [r.as_dict() for r in results]}, indent=2))
@@ -365,10 +371,18 @@ def repair(
     json_: bool = False,
 ) -> None:
     """Repair nobody:nogroup (65534) ownership in managed volumes (on the engine host of each target)."""
+    from ops.repair.remote import interrupted, interruptible
+
     targets = targets_of(cfg(ctx), target)
-    if len(targets) > 1 or json_:
-        code = repair_fleet(ctx, targets, all, container, dry_run, uid, gid, json_=json_)
-    else:
-        code = run_repair(ctx, all=all, container=container, dry_run=dry_run, uid=uid, gid=gid, target=targets[0])
+    # Ctrl-C and SIGTERM stop the walks (a target's walk ends there too) and give one line, exit 128+signal
+    with interruptible():
+        try:
+            if len(targets) > 1 or json_:
+                code = repair_fleet(ctx, targets, all, container, dry_run, uid, gid, json_=json_)
+            else:
+                code = run_repair(ctx, all=all, container=container, dry_run=dry_run, uid=uid, gid=gid,
+                                  target=targets[0])
+        except KeyboardInterrupt as exc:
+            raise interrupted(", ".join(targets), getattr(exc, "signum", 0)) from None
     if code:
         raise Exit(code=code)
