@@ -182,7 +182,7 @@ def engine_findings(r: Resolved, engine: Any, error: OpsError | None) -> list[Fi
 def _extra_checks(layout: Any = None, client: Any = None) -> list[Check]:
     """Checks contributed by the feature modules: units (drift, engine and guard units, of the host
     layout), ownership/taint (only with an engine: the repair modules are imported then) and SSH
-    (``client``: this machine's ``ssh -V``, started before the target was probed)."""
+    (``client``: this machine's ``ssh -V``, started while the target runs its probe)."""
     from ops import ssh_health, units
 
     def unit_checks(r: Resolved, engine: Any, conf: CaiConfig) -> list[Finding]:
@@ -227,24 +227,57 @@ def host_probes(conf: CaiConfig) -> list[str]:
             *systemd_only(lima_vm_layout(LayoutFacts(), ""))]
 
 
-def _warm_up(text: str, conf: CaiConfig, alone: bool) -> None:
-    """Import the modules of the checks, and the Docker SDK: for a local target when its engine socket
-    answers (without the SDK's SSH transport when this is the only target: nothing imports paramiko
-    meanwhile), with the repair modules; for a remote one always (its engine is reached after the probe,
-    through a forward)."""
+def _warm_up(texts: list[str], conf: CaiConfig, alone: bool, probing: threading.Event) -> None:
+    """Import the modules of the checks, and the Docker SDK (the longest import of all, so it starts
+    first): for a local target when its engine socket answers (without the SDK's SSH transport when this
+    is the only target: nothing imports paramiko meanwhile), with the repair modules; for a remote one
+    always (its engine is reached through a forward). The checks' own modules wait until a target runs
+    its probe (``probing``), so that they do not slow the way there."""
     from ops.engine import check_socket, import_docker
+    from ops.errors import TargetError
     from ops.targets import on_macos, parse_target
 
-    _extra_checks()
     try:
-        if parse_target(text, conf.lima_vm).kind == "local" and not on_macos(conf):
+        try:
+            remote = any(parse_target(text, conf.lima_vm).kind != "local" for text in texts) or on_macos(conf)
+        except TargetError:
+            remote = True  # a target that cannot be parsed is told by its check; the others need the SDK
+        if remote:
+            import_docker()  # off the main thread: paramiko is imported as usual, Fabric needs it
+        else:
             check_socket(conf.docker_host)
             import_docker(alone=alone)
-        else:
-            import_docker()  # off the main thread: paramiko is imported as usual, Fabric needs it
         import ops.repair  # noqa: F401 - the ownership and taint checks, which need an engine
     except OpsError:
         pass  # the checks tell it
+    finally:
+        probing.wait(timeout=2)
+        _extra_checks()
+
+
+class WarmUp:
+    """What the checks of some targets need, prepared off the main thread while the targets run their
+    probe: the imports (:func:`_warm_up`), and this machine's ``ssh -V``
+    (:class:`ops.ssh_health.ClientVersion`, one for all targets: it describes this machine)."""
+
+    def __init__(self, texts: list[str], conf: CaiConfig, alone: bool) -> None:
+        self.probing = threading.Event()
+        self.client: Any = None
+        self.thread = threading.Thread(target=self._run, args=(texts, conf, alone), daemon=True)
+        self.thread.start()
+
+    def _run(self, texts: list[str], conf: CaiConfig, alone: bool) -> None:
+        try:
+            _warm_up(texts, conf, alone, self.probing)
+        finally:
+            from ops.ssh_health import ClientVersion
+
+            self.client = ClientVersion()
+
+    def join(self) -> None:
+        """Wait until everything is ready."""
+        self.probing.set()
+        self.thread.join()
 
 
 def layout_findings(r: Resolved, conf: CaiConfig) -> tuple[Any, list[Finding]]:
@@ -260,31 +293,31 @@ def layout_findings(r: Resolved, conf: CaiConfig) -> tuple[Any, list[Finding]]:
 
 
 def check_target(text: str, conf: CaiConfig, base: Any = None, alone: bool = False,
-                 client: Any = None) -> TargetReport:
+                 warm: WarmUp | None = None) -> TargetReport:
     """Evaluate one target; unreachable targets become an error finding, not an exception.
 
-    ``alone``: this is the only target evaluated (nothing else runs meanwhile). ``client``: this
-    machine's ``ssh -V`` (:class:`ops.ssh_health.ClientVersion`), started once for all targets.
+    ``alone``: this is the only target evaluated (nothing else runs meanwhile). ``warm``: what the
+    checks need, prepared once for all targets (:class:`WarmUp`; started here when not given).
 
     One command on the target reads everything the checks need (:func:`host_probes`); the engine is
     asked for its version once and lists its containers once (:meth:`ops.engine.Engine.snapshot`).
     """
     report = TargetReport(target=text)
+    warm = warm or WarmUp([text], conf, alone)  # imports what the checks need while the target runs the probe
     prefetch = host_probes(conf)
     forward = EngineForward.start(text, conf)  # a remote engine's forward connects while the probe runs
     try:
-        return _check(report, text, conf, base, alone, client, prefetch, forward)
+        return _check(report, text, conf, base, prefetch, forward, warm)
     finally:
         if forward is not None:
             forward.close()
 
 
-def _check(report: TargetReport, text: str, conf: CaiConfig, base: Any, alone: bool, client: Any,
-           prefetch: list[str], forward: EngineForward | None) -> TargetReport:
+def _check(report: TargetReport, text: str, conf: CaiConfig, base: Any, prefetch: list[str],
+           forward: EngineForward | None, warm: WarmUp) -> TargetReport:
     from ops.engine import Engine
 
-    warm = threading.Thread(target=_warm_up, args=(text, conf, alone), daemon=True)
-    warm.start()  # imports what the checks need while the target runs the probe
+    warm.probing.set()
     try:
         r = resolve(text, conf, base, prefetch=prefetch)
     except OpsError as exc:
@@ -317,7 +350,7 @@ def _check(report: TargetReport, text: str, conf: CaiConfig, base: Any, alone: b
                 if engine is not None:
                     engine.snapshot()  # every check below reads this one listing
                 findings += engine_findings(r, engine, error)
-                for check in _extra_checks(layout, client):
+                for check in _extra_checks(layout, warm.client):
                     findings += check(r, engine, conf)
             finally:
                 if engine is not None:
@@ -413,24 +446,22 @@ class EngineForward:
 def run_doctor(targets: list[str], conf: CaiConfig, base: Any = None, parallel: int = 8) -> list[TargetReport]:
     """Evaluate every target, in the order given: one target directly, several through the fleet
     primitive (:func:`ops.fleet.run_fleet`, bounded parallel), each with its own result."""
-    from ops.ssh_health import ClientVersion
-
-    client = ClientVersion()  # this machine's ssh -V runs while the targets are probed
+    warm = WarmUp(targets, conf, alone=len(targets) == 1)  # the Docker SDK first: the longest import
     if len(targets) == 1:
-        return [check_target(targets[0], conf, base, alone=True, client=client)]
-    results = fleet_results(targets, conf, base, parallel, client)
+        return [check_target(targets[0], conf, base, alone=True, warm=warm)]
+    results = fleet_results(targets, conf, base, parallel, warm)
     return [result.detail.get("report") or _failed_report(result) for result in results]
 
 
 def fleet_results(targets: list[str], conf: CaiConfig, base: Any = None, parallel: int = 8,
-                  client: Any = None) -> list[Any]:
+                  warm: WarmUp | None = None) -> list[Any]:
     """Doctor over several targets with :func:`ops.fleet.run_fleet`: one ``TargetResult`` per target,
     exit 1 when it has an error-level finding, its report in ``detail["report"]``."""
     from ops.findings import has_error
     from ops.fleet import TargetResult, run_fleet
 
     def one(text: str) -> TargetResult:
-        report = check_target(text, conf, base, client=client)
+        report = check_target(text, conf, base, warm=warm)
         errors = sum(f.severity == "error" for f in report.findings)
         warnings = sum(f.severity == "warning" for f in report.findings)
         return TargetResult(text, 1 if has_error(report.findings) else 0,
