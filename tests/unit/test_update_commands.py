@@ -292,3 +292,28 @@ def test_the_journal_in_the_commands_is_the_journal_format() -> None:
     back = jr.loads(jr.dumps(first.journal))
     assert back.containers == ("agent-a", "agent-b") and back.steps[0] == "stop-containers"
 
+
+
+# --- facts read by the steps, on real output (a systemd lab host, Debian 12, systemd 252) -----------------
+
+FACTS = GOLDEN / "update-facts"
+
+
+def test_sysbox_mark_on_real_apt_output() -> None:
+    """The Sysbox install command's output on a lab host: apt's own lines, then the mark. The package's
+    scripts started Sysbox on a first install and restarted it on an upgrade: both count as restarted,
+    so the update does not restart it a second time."""
+    first = (FACTS / "apt-sysbox-first-install.txt").read_text()
+    upgrade = (FACTS / "apt-sysbox-upgrade.txt").read_text()
+    assert "Setting up sysbox-ce" in first and f"{st.SYSBOX_MARK} before= after=" in first
+    assert st.parse_sysbox_mark(first) and st.parse_sysbox_mark(upgrade)
+    # the same host, had the scripts not restarted it: the invocation would be the one before
+    before = upgrade.split("before=")[1].split()[0]
+    assert not st.parse_sysbox_mark(upgrade.replace(upgrade.split("after=")[1].split()[0], before))
+
+
+def test_host_state_probe_on_a_real_host() -> None:
+    from ops.update.facts import parse_host_state
+
+    assert parse_host_state((FACTS / "host-state-lab-active.txt").read_text()) == HostState(
+        systemd=True, engine_state="active", engine_loaded=True, socket=True)
