@@ -207,6 +207,11 @@ def write_failure(files: list[tuple[str, str, int]], code: int, out: str, err: s
                     "fix the cause shown, then rerun (inv update --resume restarts stopped containers)")
 
 
+def run_as_login(ctx: Any, command: str, timeout: int) -> tuple[int, str, str]:
+    """Run a command as the login user (the staging directory is made and removed that way)."""
+    return _run(ctx, command, timeout)
+
+
 def _run(ctx: Any, command: str, timeout: int) -> tuple[int, str, str]:
     """Run on a Context without reading our stdin; a timeout is CutError, a lost host TargetError."""
     try:

@@ -32,14 +32,15 @@ from ops.update import journal as jr
 from ops.update import plan as pl
 from ops.update import rollback as rb
 from ops.update import timeouts as tm
+from ops.update.facts import UpdateFacts
 from ops.update.hostio import (
     MKTEMP,
     PROBE_TIMEOUT,
     STAGING_TEMPLATE,
     Host,
-    _run,
     inline,
     install_command,
+    run_as_login,
     write_failure,
     write_script,
 )
@@ -700,7 +701,7 @@ class Cleanup(Op):
 
 # --- the sequence of a run ----------------------------------------------------------------------------
 
-def sequence(p: pl.Plan, facts: Any, conf: CaiConfig, digests: dict[str, str], started: float,
+def sequence(p: pl.Plan, facts: UpdateFacts, conf: CaiConfig, digests: dict[str, str], started: float,
              vm: bool = False, engine_unit: str = ENGINE_UNIT) -> list[Op]:
     """Pure: every step of applying ``p`` to a host with ``facts``, in the order they run.
 
@@ -834,7 +835,7 @@ class Runner:
         if cmd.kind == ROOT:
             code, out, err = self.host.run(cmd.text, cmd.what, seconds)
         else:
-            code, out, err = _run(self.host.ctx, cmd.text, seconds)
+            code, out, err = run_as_login(self.host.ctx, cmd.text, seconds)
         (cmd.check or failed(cmd.what or cmd.text.split()[0]))(Result(code, out, err, self.host.name))
 
     def run_op(self, op: Op) -> None:
