@@ -145,6 +145,8 @@ def interrupt_repair(host: Any, lab_engine: str, target: str, env: dict[str, str
         assert walk_processes(host, lab_engine), "the walk is not running on the target"
         send(proc)
         sent = time.monotonic()
+        left = wait_for_gone(host, lab_engine)
+        assert not left, f"the repair walk still runs on the target 10 s after the interrupt:\n{left[:300]}"
         try:
             out, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
@@ -160,8 +162,6 @@ def interrupt_repair(host: Any, lab_engine: str, target: str, env: dict[str, str
     assert proc.returncode == code, out + err
     assert "Traceback" not in err, err
     assert err.strip().splitlines() == [line], err
-    left = wait_for_gone(host, lab_engine)
-    assert not left, f"the repair walk still runs on the target:\n{left}"
     now = owners(data)
     assert set(now) <= {(NOBODY, NOBODY), (1000, 1000)}, "an entry was changed only in part"
     assert now.count((NOBODY, NOBODY)) > 0, "the walk was not interrupted: it finished"
