@@ -94,6 +94,14 @@ def test_update_upgrades_sysbox_in_the_vm_only_and_installs_the_stop_hook(lab_ho
     assert "would restart docker.service and wait for a ping" in dry.stdout
     assert "dockerd bundle 2" not in dry.stdout and "containai-docker.service" not in dry.stdout, dry.stdout
     assert sh(host, SNAPSHOT) == before
+    # --commands: the VM's commands only (its docker.service and socket, no bundle, no /opt/containai)
+    cmds = inv(["update", "--target", host.target, "--dry-run", "--commands"], host, bundle)
+    assert cmds.returncode == 0, cmds.stdout + cmds.stderr
+    listing = cmds.stdout.split("the commands of this update, in order", 1)[1]
+    assert f"  engine docker -H unix:///var/run/docker.sock stop -t 100 {NAME}\n" in listing, listing
+    assert "  root#  systemctl reset-failed docker.service 2>/dev/null; systemctl restart docker.service\n" in listing
+    assert "/opt/containai" not in listing and "containai-docker.service" not in listing, listing
+    assert sh(host, SNAPSHOT) == before
 
     # without --stop-containers: exit 2, the list, the flag; nothing changes
     refused = inv(["update", "--target", host.target], host, bundle)
