@@ -92,15 +92,44 @@ def install(host: Any, debs: Path, lab_engine: str) -> None:
 
 @pytest.fixture
 def rpi_host(lab_engine: str, lab_image: str, lima_home: Path) -> Iterator[Any]:
-    """One lab host ``rpi-<hex>`` with the containai layout, removed afterwards."""
+    """Factory of lab hosts ``rpi-<hex>`` (``layout=``), removed afterwards."""
     from ops.lab import hosts
 
-    name = f"rpi-{uuid.uuid4().hex[:8]}"
-    index = hosts.reserve(name, owner_pid=os.getpid())
-    try:
-        yield hosts.up(name, index, lab_engine, lima_home, image=lab_image, layout="containai")
-    finally:
+    started: list[str] = []
+
+    def make(layout: str) -> Any:
+        name = f"rpi-{uuid.uuid4().hex[:8]}"
+        index = hosts.reserve(name, owner_pid=os.getpid())
+        started.append(name)
+        return hosts.up(name, index, lab_engine, lima_home, image=lab_image, layout=layout)
+
+    yield make
+    for name in started:
         hosts.down(name, lab_engine)
+
+
+def slow_walk_host(host: Any, debs: Path, lab_engine: str) -> Path:
+    """python3 and strace on the host, a managed container whose volume holds DIRS * FILES damaged
+    files, and the slow ``python3`` first on root's PATH; the volume's folder on this machine."""
+    from ops.lab.containers import run_script
+
+    install(host, debs, lab_engine)
+    sh(host, run_script(MANAGED, True, host.docker))
+    data = Path(host.data_dir) / "volumes" / f"{MANAGED}-vol" / "_data"
+    for d in range(DIRS):
+        (data / f"d{d}").mkdir()
+        for i in range(FILES):
+            path = data / f"d{d}" / f"f{i}"
+            path.write_bytes(b"")
+            os.chown(path, NOBODY, NOBODY)
+    sh(host, f"printf '%s' '{SLOW_PYTHON}' > /usr/local/bin/python3 && chmod 755 /usr/local/bin/python3 && "
+             "command -v python3")
+    return data
+
+
+def stopped_line(target: str) -> str:
+    return (f"error: the repair was interrupted on {target} (the walk there stops with it; the entries it "
+            "reached are repaired, the others may still show 65534): run the same repair again to finish it")
 
 
 def walk_processes(host: Any, lab_engine: str) -> str:
@@ -195,21 +224,10 @@ def wait_for_gone(host: Any, lab_engine: str, seconds: float = 10) -> str:
 
 def test_an_interrupted_repair_stops_on_the_target(rpi_host: Any, debs: Path, lab_engine: str,
                                                    tmp_path: Path) -> None:
-    from ops.lab.containers import run_script
     from ops.lab.hosts import proxy_command
 
-    host = rpi_host
-    install(host, debs, lab_engine)
-    sh(host, run_script(MANAGED, True, host.docker))
-    data = Path(host.data_dir) / "volumes" / f"{MANAGED}-vol" / "_data"
-    for d in range(DIRS):
-        (data / f"d{d}").mkdir()
-        for i in range(FILES):
-            path = data / f"d{d}" / f"f{i}"
-            path.write_bytes(b"")
-            os.chown(path, NOBODY, NOBODY)
-    sh(host, f"printf '%s' '{SLOW_PYTHON}' > /usr/local/bin/python3 && chmod 755 /usr/local/bin/python3 && "
-             "command -v python3")
+    host = rpi_host("containai")
+    data = slow_walk_host(host, debs, lab_engine)
 
     alias = f"{host.name}.lab"
     config = tmp_path / "ssh_config"
@@ -221,8 +239,7 @@ def test_an_interrupted_repair_stops_on_the_target(rpi_host: Any, debs: Path, la
     env = {"INVOKE_CAI_SSH_CONFIG": str(config), "INVOKE_CAI_LIMA_HOME": str(tmp_path / "no-lima"),
            "PYTHONFAULTHANDLER": "1"}
 
-    stopped = (f"error: the repair was interrupted on {target} (the walk there stops with it; the entries it "
-               "reached are repaired, the others may still show 65534): run the same repair again to finish it")
+    stopped = stopped_line(target)
     # Ctrl-C in a terminal: SIGINT to the whole process group (the ssh ProxyCommand gets it too)
     interrupt_repair(host, lab_engine, target, env, data, lambda p: os.killpg(p.pid, signal.SIGINT), 130, stopped)
     # SIGTERM to inv alone (a service manager, kill): its connection stays up until inv closes it
@@ -245,3 +262,17 @@ def test_an_interrupted_repair_stops_on_the_target(rpi_host: Any, debs: Path, la
     assert proc.returncode == 0, out + err
     assert f"volume {MANAGED}-vol ({MANAGED}): scanned {1 + DIRS * (FILES + 1)}" in out, out
     assert set(owners(data)) == {(1000, 1000)}
+
+
+def test_an_interrupted_repair_stops_under_sudo_in_a_lima_vm(rpi_host: Any, debs: Path, lab_engine: str,
+                                                            tmp_path: Path) -> None:
+    """From a Mac through its Lima VM, where the login user is not root: the walk runs under
+    ``sudo -n`` (which passes its stdin through without a terminal, and relays signals)."""
+    from test_repair_targets_lab import mac_lima_home
+
+    host = rpi_host("lima-vm")
+    data = slow_walk_host(host, debs, lab_engine)
+    env = {"INVOKE_CAI_PLATFORM": "macos", "INVOKE_CAI_LIMA_HOME": str(mac_lima_home(host, tmp_path / "mac-lima")),
+           "INVOKE_CAI_LIMA_VM": host.vm, "PYTHONFAULTHANDLER": "1"}
+    interrupt_repair(host, lab_engine, host.target, env, data, lambda p: os.killpg(p.pid, signal.SIGINT), 130,
+                     stopped_line(host.target))
