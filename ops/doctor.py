@@ -18,6 +18,8 @@ from ops.config import CaiConfig
 from ops.errors import OpsError
 from ops.findings import Finding
 from ops.targets import Resolved, engine_host, resolve
+from ops.update.rollback import left_findings
+from ops.update.rollback import left_probe as rollback_left_probe
 from ops.versions import Action, Observed, State, decide
 
 #: Extra checks contributed by feature modules: (resolved target, engine or None, config) -> findings.
@@ -223,6 +225,7 @@ def host_probes(conf: CaiConfig) -> list[str]:
             probes.SYSBOX_PROBE, probes.bundle_probe(conf.opt_dir), probes.has_command_probe("fusermount3"),
             probes.dpkg_probe("fuse"), probes.APPARMOR_PROBE, probes.has_command_probe("sysbox-runc"),
             probes.OnlyIf(probes.unit_active_probe("sysbox.service"), probes.IF_PID1_SYSTEMD),
+            rollback_left_probe(conf),
             *systemd_only(None),  # the unit checks of either layout
             *systemd_only(lima_vm_layout(LayoutFacts(), ""))]
 
@@ -339,6 +342,7 @@ def _check(report: TargetReport, text: str, conf: CaiConfig, base: Any, prefetch
             report.facts["layout"] = layout.name
         findings += version_findings(r, conf, layout)
         findings += host_readiness_findings(r)
+        findings += left_findings(probes.run(r.ctx, rollback_left_probe(conf))[1], conf, r.name, r.platform)
         with forward.docker_host(conf.docker_host) if forward is not None else engine_host(r.target, conf) \
                 as docker_host:
             engine, error = None, None

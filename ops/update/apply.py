@@ -420,34 +420,124 @@ class Session:
         return facts
 
     def check_journal(self) -> None:
-        """Refuse a plain update while the journal of an interrupted one exists (never overwrite it)."""
+        """Refuse a plain update while the journal of an interrupted one exists (never overwrite it), or
+        while a rollback copy of one is left (never replace it: it holds the install before that run)."""
         j = jr.read(self.reader, self.conf)
         if j is not None:
             raise interrupted_message(j, self.resolved.name)
+        left = rb.read_left(self.reader, self.conf)
+        if left is not None:
+            raise rb.left_message(self.resolved.name, left.created, self.conf)
+
+    def engine_invocation(self) -> tuple[str, str]:
+        """The engine unit's (ActiveState, InvocationID) on the target."""
+        _code, out, _err = self.host.probe(f"systemctl show -p ActiveState -p InvocationID {self.engine_unit}")
+        values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        return values.get("ActiveState", "").strip(), values.get("InvocationID", "").strip()
 
     # -- resume --
     def resume(self) -> dict[str, Any]:
-        """Start what the journal says was running; clear it when they all run."""
+        """Settle what an interrupted run left (its rollback copy, see :meth:`_settle_copy`), start what the
+        journal says was running and clear it when they all run."""
         j = jr.read(self.host, self.conf)
-        if j is None:
+        left = rb.read_left(self.host, self.conf)
+        if j is None and left is None:
             self.emit("no interrupted update to resume (no journal)")
             return {"journal": None}
-        self.emit(f"resuming: {len(j.containers)} container(s) were running before an interrupted update"
-                  + (f" (done: {', '.join(j.done)})" if j.done else ""))
+        if left is not None and not left.complete:
+            raise rb.incomplete_message(self.resolved.name, self.conf)
+        names = list(j.containers) if j is not None else []
+        if j is not None:
+            self.emit(f"resuming: {len(j.containers)} container(s) were running before an interrupted update"
+                      + (f" (done: {', '.join(j.done)})" if j.done else ""))
         restart = self.restart_budget()
         for unit in ("sysbox.service", self.engine_unit):
             settle(self.host, unit, restart)
         start_unit_if_loaded(self.host, "sysbox.service", restart)
-        start_unit_if_loaded(self.host, self.engine_unit, restart)
-        wait_engine(self.docker_host, self.conf, unit=self.engine_unit)
-        bad = start_containers(self.docker_host, self.conf, list(j.containers))
+        copy, rolled_back = "", None
+        if left is not None:
+            copy, rolled_back = self._settle_copy(left, restart)
+        else:
+            start_unit_if_loaded(self.host, self.engine_unit, restart)
+            wait_engine(self.docker_host, self.conf, unit=self.engine_unit)
+        bad = start_containers(self.docker_host, self.conf, names) if names else []
         if bad:
             kept = jr.path(self.conf)
-            raise OpsError(f"could not start {', '.join(bad)} (kept in the journal {kept})",
+            why = f"{rolled_back.message}; " if rolled_back is not None else ""
+            raise OpsError(f"{why}could not start {', '.join(bad)} (kept in the journal {kept})",
                            "see `docker logs`/`journalctl`; rerun inv update --resume after fixing")
-        jr.clear(self.host, self.conf)
-        self.emit(f"started again: {', '.join(j.containers) or 'none'}")
-        return {"journal": jr.dumps(j), "started": list(j.containers)}
+        if j is not None:
+            jr.clear(self.host, self.conf)
+            self.emit(f"started again: {', '.join(j.containers) or 'none'}")
+        if rolled_back is not None:
+            again = f"; the {len(names)} stopped container(s) run again" if names else ""
+            raise type(rolled_back)(rolled_back.message + again, rolled_back.hint, rolled_back.exit_code)
+        out: dict[str, Any] = {"journal": jr.dumps(j) if j is not None else None, "started": names}
+        if copy:
+            out["rollback_copy"] = copy
+        return out
+
+    def _settle_copy(self, left: rb.Left, restart: int) -> tuple[str, OpsError | None]:
+        """A rollback copy of an interrupted run is there: judge the engine on what is installed now.
+
+        - The engine still runs the invocation it ran when the copy was made: nothing ran on the new
+          files; they are put back (no restart) and the update can be planned again from the previous
+          install ("restored").
+        - Otherwise the engine is started (restarted once more within the restart budget when it does not
+          answer): when it answers, the new files did their job and the copy is dropped ("dropped");
+          when it does not, the copy is put back, the previous engine restarted, and the error to report
+          (after the journal's containers were started) is returned ("rolled-back").
+        """
+        host, conf, unit = self.host, self.conf, self.engine_unit
+        where = self.resolved.name
+        when = left.created or "an unknown time"
+        state, invocation = self.engine_invocation()
+        if state == "active" and left.engine_invocation and invocation == left.engine_invocation:
+            self.emit(f"a rollback copy of the interrupted update (from {when}) is left and {unit} was not "
+                      "restarted since: nothing ran on the new files; putting the previous ones back")
+            rb.restore(host, conf, list(left.files), left.new_version)
+            rb.drop(host, conf)
+            wait_engine(self.docker_host, conf, unit=unit)
+            return "restored", None
+        self.emit(f"a rollback copy of the interrupted update (from {when}) is left: checking {unit} on what "
+                  "is installed now")
+        failure: OpsError | None = None
+        try:
+            start_unit_if_loaded(host, unit, restart)
+            wait_engine(self.docker_host, conf, unit=unit)
+        except OpsError as first:
+            self.emit(f"{unit} does not answer ({first.message}); restarting it once")
+            try:
+                settle(host, unit, restart)
+                restart_unit(host, unit, restart)
+                wait_engine(self.docker_host, conf, unit=unit)
+            except OpsError as second:
+                failure = second
+        if failure is None:
+            rb.drop(host, conf)
+            self.emit(f"{unit} answers on the files the interrupted update installed: its rollback copy was dropped")
+            return "dropped", None
+        self.emit(f"{unit} did not answer on the interrupted update's files; putting the previous dockerd bundle, "
+                  "units and daemon.json back")
+        try:
+            settle(host, unit, restart)
+            host.probe(f"systemctl stop {GUARD_UNIT}", timeout=restart)
+            rb.restore(host, conf, list(left.files), left.new_version)
+            self.env.budget = None
+            restart_unit(host, unit, self.restart_budget())
+            wait_engine(self.docker_host, conf, unit=unit)
+            start_unit_if_loaded(host, GUARD_UNIT)
+        except OpsError as again:
+            raise OpsError(f"{unit} did not answer after the interrupted update on {where} ({failure.message}), and "
+                           f"putting the previous files back failed too ({again.message}; they are kept in "
+                           f"{rb.backup_dir(conf)}, the containers in {jr.path(conf)})",
+                           f"see `journalctl -u {unit}`; fix the engine, then run inv update --resume") from None
+        rb.drop(host, conf)
+        return "rolled-back", OpsError(
+            f"the interrupted update on {where} was rolled back: {unit} did not answer on its new files "
+            f"({failure.message}); the previous dockerd bundle, units and daemon.json are back and the previous "
+            "engine answers; the update did not happen",
+            f"see `journalctl -u {unit}`, fix the bundle, then run inv update --stop-containers")
 
     # -- gate --
     def gate(self, p: pl.Plan) -> None:
@@ -657,6 +747,10 @@ def run_update(base_ctx: Any, conf: CaiConfig, target_text: str, opts: Options, 
         if opts.resume:
             if opts.dry_run:
                 j = jr.read(s.reader, conf)
+                left = rb.read_left(s.reader, conf)
+                if left is not None:
+                    emit(f"would settle the rollback copy of the interrupted update (from {left.created or '?'}): "
+                         "drop it if the engine answers on what is installed now, otherwise put it back")
                 emit("would start again: " + (", ".join(j.containers) if j else "nothing (no journal)"))
             else:
                 report["resume"] = s.resume()

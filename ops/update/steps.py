@@ -405,10 +405,14 @@ class Backup(Op):
         return "keep a copy of what the update replaces (before anything changes)"
 
     def commands(self, env: Env) -> Iterator[Command]:
-        yield Command(ROOT, rb.backup_script(env.conf, list(self.files), self.new_version),
-                      f"keeping a copy of the installed files in {rb.backup_dir(env.conf)} (nothing was changed)",
-                      WORK_TIMEOUT, check=failed(f"keeping a copy of the installed files in {rb.backup_dir(env.conf)} "
-                                                 "(nothing was changed)"))
+        what = f"keeping a copy of the installed files in {rb.backup_dir(env.conf)} (nothing was changed)"
+
+        def judged(r: Result) -> None:
+            if r.code == rb.LEFT_STATUS:  # a copy of an interrupted run is there: never replaced
+                raise rb.left_message(r.where, r.err.strip().splitlines()[-1] if r.err.strip() else "", env.conf)
+            failed(what)(r)
+        yield Command(ROOT, rb.backup_script(env.conf, list(self.files), self.new_version, env.engine_unit),
+                      what, WORK_TIMEOUT, check=judged)
 
 
 def unpacked_dir(conf: CaiConfig, version: str) -> str:
