@@ -422,7 +422,7 @@ class EngineForward:
         import time
 
         from ops.errors import TargetError
-        from ops.targets import _tail, _tunnel_error, socket_path
+        from ops.targets import socket_path, tunnel_error, tunnel_tail
 
         local = self.sockets.get(socket_path(docker_host))
         if local is None:  # not one of the sockets forwarded: never the case for a layout's socket
@@ -430,10 +430,10 @@ class EngineForward:
         deadline = time.monotonic() + 20
         while not os.path.exists(local):
             if self.proc.poll() is not None:
-                raise _tunnel_error(self.target.name, self.errors)
+                raise tunnel_error(self.target.name, self.errors)
             if time.monotonic() > deadline:
                 raise TargetError(f"timed out forwarding the engine socket of {self.target.name}: "
-                                  f"{_tail(self.errors)}", "check the SSH access to the target")
+                                  f"{tunnel_tail(self.errors)}", "check the SSH access to the target")
             time.sleep(0.02)
         yield f"unix://{local}"
 

@@ -461,9 +461,9 @@ def engine_host(target: Target, conf: CaiConfig) -> Iterator[str]:
         deadline = time.monotonic() + 20
         while not os.path.exists(local):
             if proc.poll() is not None:
-                raise _tunnel_error(target.name, errors)
+                raise tunnel_error(target.name, errors)
             if time.monotonic() > deadline:
-                raise TargetError(f"timed out forwarding the engine socket of {target.name}: {_tail(errors)}",
+                raise TargetError(f"timed out forwarding the engine socket of {target.name}: {tunnel_tail(errors)}",
                                   "check the SSH access to the target")
             time.sleep(0.05)
         yield f"unix://{local}"
@@ -482,13 +482,13 @@ def _read(path: str) -> list[str]:
         return []
 
 
-def _tail(path: str, limit: int = 300) -> str:
+def tunnel_tail(path: str, limit: int = 300) -> str:
     """The meaningful last lines of the tunnel's diagnostics, on one line."""
     lines = [line for line in _read(path) if line and not set(line) <= {"@"} and not line.startswith("debug")]
     return (" ".join(lines[-4:]) or "ssh exited without a message")[-limit:]
 
 
-def _tunnel_error(name: str, path: str) -> TargetError:
+def tunnel_error(name: str, path: str) -> TargetError:
     """One line for a tunnel that ``ssh`` refused or could not open (host key refusals named as such)."""
     lines = _read(path)
     text = "\n".join(lines)
@@ -502,5 +502,5 @@ def _tunnel_error(name: str, path: str) -> TargetError:
         return TargetError(f"host key of {name} is not known: ssh refused to forward the engine socket",
                            "check the fingerprint, then record it (ssh-keyscan -p PORT HOST >> known_hosts), "
                            "or set `StrictHostKeyChecking accept-new` for this host in its ssh config")
-    return TargetError(f"cannot forward the engine socket of {name}: {_tail(path)}",
+    return TargetError(f"cannot forward the engine socket of {name}: {tunnel_tail(path)}",
                        "check the SSH access to the target")
