@@ -709,21 +709,32 @@ class _Walk:
 
 
 def _close_all(fds: list[int]) -> None:
-    """Close the fds (and empty the list): one ``close_range`` system call when they are consecutive
-    numbers, which they are when nothing else closed an fd while they were opened (Python's
-    ``os.closerange`` may close them one by one; the C library's ``close_range`` is used when it has
-    one, Linux 5.9 or later)."""
-    if fds:
-        low, high = min(fds), max(fds)
-        if high - low + 1 == len(fds):
-            close_range = getattr(_libc(), "close_range", None) if _close_range_works else None
-            if close_range is None or close_range(low, high, 0):
-                _no_close_range()
-                os.closerange(low, high + 1)
-        else:
-            for fd in fds:
-                os.close(fd)
-        fds.clear()
+    """Close the fds (and empty the list): one ``close_range`` system call per run of consecutive
+    numbers (the numbers an fd opened while they were taken, such as a listing's, splits a run).
+    Python's ``os.closerange`` may close them one by one; the C library's ``close_range`` is used when
+    it has one (Linux 5.9 or later)."""
+    if not fds:
+        return
+    fds.sort()
+    start = prev = fds[0]
+    for fd in fds[1:]:
+        if fd != prev + 1:
+            _close_run(start, prev)
+            start = fd
+        prev = fd
+    _close_run(start, prev)
+    fds.clear()
+
+
+def _close_run(low: int, high: int) -> None:
+    """Close the fds ``low`` to ``high`` (all open, all ours)."""
+    if low == high:
+        os.close(low)
+        return
+    close_range = getattr(_libc(), "close_range", None) if _close_range_works else None
+    if close_range is None or close_range(low, high, 0):
+        _no_close_range()
+        os.closerange(low, high + 1)
 
 
 _close_range_works = True

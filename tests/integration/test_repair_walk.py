@@ -307,3 +307,32 @@ def test_a_shared_directory_that_can_be_listed_but_not_searched_reports_each_ent
         os.chmod(tree / "locked", 0o755)
     assert out[0] == "2 0 " + str(count) + " 100", out  # 100 messages kept, each naming another entry
     assert out[1].startswith("locked/f") and out[1].endswith(": Permission denied"), out
+
+
+def test_entry_fds_are_closed_in_runs_not_one_by_one(root: tuple[Path, int], tmp_path: Path) -> None:
+    """The real system calls (strace): 640 damaged files' fds are closed with a few ``close_range``
+    calls, not 640 ``close`` calls, even when fds the walk does not own sit between theirs."""
+    tree, _ = root
+    (tree / "a").mkdir()  # entered, so fds were opened and closed below the listing's before its files
+    for i in range(640):
+        (tree / "a" / f"f{i}").write_text("")
+        os.chown(tree / "a" / f"f{i}", NOBODY, NOBODY)
+    script = (
+        "import os, sys\n"
+        "from ops.repair.walk import WalkOptions, walk\n"
+        "held = [os.open('/dev/null', os.O_RDONLY) for _ in range(16)]\n"
+        "for fd in held[::2]:\n"  # free fd numbers between open ones, as a long-running process has
+        "    os.close(fd)\n"
+        "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+        "print(walk(fd, WalkOptions(uid=1000, gid=1000, apply=True, workers=1)).repaired)\n"
+    )
+    log = tmp_path / "close.log"
+    repo = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e", "trace=close,close_range", sys.executable,
+                          "-c", script, str(tree)], cwd=repo, check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "640"
+    calls = log.read_text().splitlines()
+    ranges = [c for c in calls if "close_range(" in c]
+    singles = [c for c in calls if " close(" in c or c.startswith("close(")]
+    assert len(ranges) >= 640 // 64, calls[-20:]
+    assert len(singles) < 320, f"{len(singles)} close calls (the interpreter's start makes about 80)"
