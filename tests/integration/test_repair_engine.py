@@ -655,7 +655,9 @@ def test_the_inode_checked_is_the_inode_changed_when_a_name_is_swapped(
         assert os.stat(secret)[4:6] == (0, 0), "the root-owned file swapped in was given away"
         assert os.stat(secret).st_mode & 0o777 == 0o600
         assert os.fstat(victim_fd)[4:6] == (1000, 1000), "the entry that was checked was not repaired"
-        assert "repaired 1 " in out
+        # two names: the other name's worker may look at the same inode while the first change is held
+        # (by then it has one name left) and change it too; the same inode, counted once per worker
+        assert "repaired 1 " in out or (victim_links == 2 and "repaired 2 " in out), out
     finally:
         os.close(victim_fd)
 
