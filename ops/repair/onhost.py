@@ -82,16 +82,9 @@ def valid_volume_name(name: str) -> bool:
 
 
 def default_workers() -> int:
-    """Walker processes on this host: ``walk.default_workers()`` when the walk has it, else one per
-    core this process may run on (at most 8), as the toolkit sizes its own."""
-    sized = getattr(walk, "default_workers", None)
-    if callable(sized):
-        return int(sized())
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
+    """Walker processes on this host: one per core this process may run on (at most 8); the walk
+    shipped with this module sizes it."""
+    return walk.default_workers()
 
 
 # --- opening volumes without following links ------------------------------------------------------
