@@ -193,6 +193,7 @@ def test_update_refuses_a_wsl2_host_without_systemd(tmp_path: Path) -> None:
         re.compile(r".*sysbox-runc --version"): Result((GOLDEN / "sysbox-runc" / "upstream-0.6.7.txt").read_text()
                                                        + "__rc=0\n"),
         re.compile(r"d=.*VERSION"): Result("version-missing\n"),
+        re.compile(r".*@@CAI-ROLLBACK-COPY"): Result(""),  # no copy left by an interrupted run
         re.compile(r"for f in \S*update-journal"): Result(f"\n@@CAI-FILE {jr.path(c)}\nmissing\n"),
         re.compile(r"for f in "): Result(missing),
     }
@@ -421,6 +422,7 @@ def test_dry_run_commands_of_a_new_wsl2_host(tmp_path: Path) -> None:
         re.compile(r".*sysbox-runc --version"): Result((GOLDEN / "sysbox-runc" / "upstream-0.6.7.txt").read_text()
                                                        + "__rc=0\n"),
         re.compile(r"d=.*VERSION"): Result("version-missing\n"),
+        re.compile(r".*@@CAI-ROLLBACK-COPY"): Result(""),  # no copy left by an interrupted run
         re.compile(r"for f in \S*update-journal"): Result(f"\n@@CAI-FILE {jr.path(c)}\nmissing\n"),
         re.compile(r"for f in "): Result(missing),
     }
