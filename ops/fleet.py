@@ -69,6 +69,29 @@ def run_fleet(targets: list[str], op: Operation, parallel: int = DEFAULT_PARALLE
         return list(pool.map(lambda t: _guarded(op, t), targets))
 
 
+class TargetOutput:
+    """Where one target's lines go in a fleet run: each prefixed with ``[target]``, whole lines only
+    (a lock shared by the fleet keeps the targets' lines from interleaving); progress to ``stream``
+    (stdout, or stderr when stdout carries the JSON document), warnings and errors to stderr."""
+
+    def __init__(self, target: str, lock: Any, stream: Any) -> None:
+        self.target, self.lock, self.stream = target, lock, stream
+
+    def emit(self, line: str) -> None:
+        """One progress line."""
+        self._print(line, self.stream)
+
+    def warn(self, line: str) -> None:
+        """One warning or error line (stderr)."""
+        import sys
+
+        self._print(line, sys.stderr)
+
+    def _print(self, line: str, stream: Any) -> None:
+        with self.lock:
+            print(f"[{self.target}] {line}", file=stream, flush=True)
+
+
 def fleet_exit_code(results: list[TargetResult]) -> int:
     """0 when every target succeeded; 2 when the only failures are refusals (exit 2); 1 otherwise."""
     failed = [r for r in results if not r.ok and not r.skipped]

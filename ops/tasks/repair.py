@@ -306,7 +306,7 @@ def repair_fleet(ctx: Any, targets: list[str], all: bool, container: str | None,
     import threading
 
     from ops.errors import OpsError
-    from ops.fleet import TargetResult, dedupe, fleet_exit_code, host_identity, render_table, run_fleet
+    from ops.fleet import TargetOutput, TargetResult, dedupe, fleet_exit_code, host_identity, render_table, run_fleet
 
     scope_of(all, container, dry_run, uid, gid, default_all)  # bad flags: one line, before any target
     conf = cfg(ctx)
@@ -317,19 +317,12 @@ def repair_fleet(ctx: Any, targets: list[str], all: bool, container: str | None,
     stream = sys.stderr if json_ else sys.stdout
 
     def one(text: str) -> TargetResult:
-        def emit(line: str) -> None:
-            with lock:
-                print(f"[{text}] {line}", file=stream, flush=True)
-
-        def warn(line: str) -> None:
-            with lock:
-                print(f"[{text}] {line}", file=sys.stderr, flush=True)
-
+        out = TargetOutput(text, lock, stream)
         try:
             outcome = repair_target(ctx, text, all, container, dry_run, uid, gid, default_all,
-                                    Output(emit, warn))
+                                    Output(out.emit, out.warn))
         except OpsError as exc:
-            warn(f"error: {exc.line()}")
+            out.warn(f"error: {exc.line()}")
             return TargetResult(text, exc.exit_code or 1, exc.line())
         return TargetResult(text, outcome.code, outcome_summary(outcome, dry_run),
                             {"target": outcome.target, "volumes": [volume_summary(r) for r in outcome.results]})

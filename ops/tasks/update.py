@@ -109,23 +109,16 @@ def _update_fleet(ctx: Any, conf: Any, targets: list[str], opts: Any, json_: boo
 
     from invoke.exceptions import Exit
 
-    from ops.fleet import TargetResult, fleet_exit_code, render_table, run_fleet
+    from ops.fleet import TargetOutput, TargetResult, fleet_exit_code, render_table, run_fleet
     from ops.update.apply import run_update
 
     lock = threading.Lock()
-    out = sys.stderr if json_ else sys.stdout
+    stream = sys.stderr if json_ else sys.stdout
 
     def one(text: str) -> TargetResult:
-        def emit(line: str) -> None:
-            with lock:
-                print(f"[{text}] {line}", file=out, flush=True)
-
-        def warn(line: str) -> None:
-            with lock:
-                print(f"[{text}] {line}", file=sys.stderr, flush=True)
-
+        out = TargetOutput(text, lock, stream)
         try:
-            report = run_update(ctx, conf, text, opts, emit, None, warn)
+            report = run_update(ctx, conf, text, opts, out.emit, None, out.warn)
         except OpsError as exc:
             return TargetResult(text, exc.exit_code, exc.line())
         return TargetResult(text, 0, str(report.get("result", "done")), report)
