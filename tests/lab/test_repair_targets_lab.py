@@ -15,16 +15,14 @@ the same damage in an unmanaged container's volume.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import subprocess
-import tarfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import _debs
 import pytest
 from _cli import inv
 
@@ -45,41 +43,13 @@ def sh(host: Any, command: str, timeout: int = 300) -> str:
 
 @pytest.fixture(scope="module")
 def python_debs(lab_engine: str, lab_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Debian's python3 and what it needs beyond the lab image: what this machine's apt would install
-    on a system with the image's dpkg status (a simulation), downloaded with apt."""
-    import docker
-
-    folder = tmp_path_factory.mktemp("python-debs")
-    client = docker.DockerClient(base_url=lab_engine, timeout=120)
-    try:
-        status = client.containers.run(lab_image, ["cat", "/var/lib/dpkg/status"], network_mode="none", remove=True)
-    finally:
-        client.close()
-    (folder / "status").write_bytes(status)
-    sim = subprocess.run(["apt-get", "install", "-s", "-o", f"Dir::State::status={folder / 'status'}", "python3"],
-                         capture_output=True, text=True, check=False)
-    need = [line.split()[1] for line in sim.stdout.splitlines() if line.startswith("Inst ")]
-    assert sim.returncode == 0 and "python3" in need, sim.stdout[-600:] + sim.stderr[-600:]
-    got = subprocess.run(["apt-get", "download", *need], cwd=folder, capture_output=True, text=True, check=False)
-    assert got.returncode == 0 and list(folder.glob("python3_*.deb")), got.stderr[-600:]
-    return folder
+    """Debian's python3 and what it needs beyond the lab image."""
+    return _debs.download(tmp_path_factory.mktemp("python-debs"), lab_engine, lab_image, ["python3"])
 
 
 def install_python(host: Any, debs: Path, lab_engine: str) -> None:
-    """Put the .debs into the host (the Docker archive API) and install them with dpkg."""
-    import docker
-
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w") as tar:
-        for deb in sorted(debs.glob("*.deb")):
-            tar.add(deb, arcname=f"rep-python/{deb.name}")
-    client = docker.DockerClient(base_url=lab_engine, timeout=300)
-    try:
-        assert client.containers.get(host.container).put_archive("/tmp", data.getvalue())
-    finally:
-        client.close()
-    sh(host, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q /tmp/rep-python/*.deb >/dev/null && "
-             "rm -rf /tmp/rep-python && python3 -c 'import ctypes'", timeout=600)
+    """Install Debian's python3 on the host."""
+    _debs.install(host, debs, lab_engine, "python3 -c 'import ctypes'")
 
 
 @pytest.fixture
