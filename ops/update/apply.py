@@ -91,14 +91,6 @@ def checked_digest(path: Path) -> str:
     return actual
 
 
-def remote_check(host: Host, remote: str, digest: str) -> None:
-    """Check a staged file's sha256 on the target (the copy arrived whole)."""
-    out = host.sh(f"sha256sum {shlex.quote(remote)}", what="sha256sum")
-    if out.split()[:1] != [digest]:
-        raise OpsError(f"the copy of {Path(remote).name} on {host.name} does not match its checksum",
-                       "check free space on the target and rerun")
-
-
 def preflight(p: pl.Plan) -> dict[str, str]:
     """Check the checksums of every bundled file the plan installs; path -> sha256."""
     digests = {}
@@ -157,15 +149,6 @@ def switch_dockerd(host: Host, conf: CaiConfig, version: str) -> None:
 
 APT_INSTALL = st.APT_INSTALL
 apt_reason = st.apt_reason
-
-
-def stage_sysbox(host: Host, deb: Path, digest: str = "") -> str:
-    """Copy the bundled .deb to the target, check its sha256 there, and have apt simulate installing
-    it and download what it needs, all before anything is stopped: a package apt cannot install
-    (missing lists or sources, a conflict) is refused while nothing has changed. Returns the staged path."""
-    runner = _runner(host, CaiConfig.from_mapping({}))
-    runner.run_op(st.StageSysbox(str(deb), digest or checked_digest(deb)))
-    return f"{runner.env.staging}/{deb.name}"
 
 
 def wait_engine(docker_host: str, conf: CaiConfig, timeout: float = 90, unit: str = ENGINE_UNIT) -> None:
