@@ -74,13 +74,14 @@ def lab_host(lab_engine: str, lab_image: str, lima_home: Path) -> Iterator[Calla
     """Factory of lab hosts: ``host = lab_host()`` boots one (systemd as PID 1, sshd, an older
     ContainAI engine on /var/run/containai-docker.sock, a stand-in sysbox-runc) and returns its
     ``ops.lab.hosts.LabHost``. Keyword arguments go to ``ops.lab.hosts.up`` (``sysbox_version``,
-    ``wait_for_engine``). Hosts are removed at the end of the test."""
+    ``wait_for_engine``); ``prefix`` names the hosts ``<prefix>-<hex>`` (default ``t``), so a test
+    module's hosts can be told apart. Hosts are removed at the end of the test."""
     from ops.lab import hosts
 
     started: list[str] = []
 
-    def make(**kwargs: Any) -> hosts.LabHost:
-        name = f"t-{uuid.uuid4().hex[:8]}"
+    def make(prefix: str = "t", **kwargs: Any) -> hosts.LabHost:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         # unique across tests and concurrent sessions (lock file); reclaimed if this session dies
         index = hosts.reserve(name, owner_pid=os.getpid())
         started.append(name)

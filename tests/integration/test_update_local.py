@@ -167,28 +167,19 @@ def test_inv_update_local_bad_input(tmp_path: Path) -> None:
 GOLDEN = ROOT / "tests" / "unit" / "golden"
 
 
-def test_update_refuses_a_wsl2_host_without_systemd(tmp_path: Path) -> None:
-    """The update of a WSL2 distribution whose PID 1 is not systemd stops with the wsl.conf hint and
-    changes nothing. The host's probes are golden outputs of such a host, given to the real update flow
-    through invoke's MockContext (it answers them and runs nothing), so the result does not depend on
-    the machine running the test."""
+def new_host_answers(c: CaiConfig, os_probe: str, host_state: str) -> dict[Any, Any]:
+    """An invoke ``MockContext``'s answers for a host with nothing of ContainAI installed yet (golden
+    probe outputs; the platform and the host state given), in the order the patterns are tried."""
     import re
 
-    from invoke import Config, MockContext, Result
+    from invoke import Result
 
-    from ops.update.apply import Options, run_update
-
-    bundle = tmp_path / "bundle"
-    fake_bundle(bundle, "27.3.1")
-    build_sysbox_deb("0.6.7+containai.20260101", bundle)
-    c = conf(tmp_path, bundle_dir=str(bundle), platform="wsl2")
-    probe = GOLDEN / "probe"
     missing = "".join(f"\n@@CAI-FILE {p}\nmissing" for p in units.managed_paths(c)) + "\n"
-    answers = {
+    return {
         # the host layout probe: without systemd, nothing of ContainAI installed yet
         re.compile(r"^p\(\) \{ printf"): Result((GOLDEN / "layout" / "no-systemd-nothing-installed.txt").read_text()),
-        re.compile(r"echo os=\$\(uname -s\)"): Result((probe / "wsl2-no-systemd.txt").read_text()),
-        re.compile(r"echo pid1=.*engine_state"): Result((probe / "host-state-wsl2-no-systemd.txt").read_text()),
+        re.compile(r"echo os=\$\(uname -s\)"): Result(os_probe),
+        re.compile(r"echo pid1=.*engine_state"): Result(host_state),
         re.compile(r"id -u; sudo -n true"): Result("0\n"),
         re.compile(r".*sysbox-runc --version"): Result((GOLDEN / "sysbox-runc" / "upstream-0.6.7.txt").read_text()
                                                        + "__rc=0\n"),
@@ -197,6 +188,25 @@ def test_update_refuses_a_wsl2_host_without_systemd(tmp_path: Path) -> None:
         re.compile(r"for f in \S*update-journal"): Result(f"\n@@CAI-FILE {jr.path(c)}\nmissing\n"),
         re.compile(r"for f in "): Result(missing),
     }
+
+
+def test_update_refuses_a_wsl2_host_without_systemd(tmp_path: Path) -> None:
+    """The update of a WSL2 distribution whose PID 1 is not systemd stops with the wsl.conf hint and
+    changes nothing. The host's probes are golden outputs of such a host, given to the real update flow
+    through invoke's MockContext (it answers them and runs nothing), so the result does not depend on
+    the machine running the test."""
+
+    from invoke import Config, MockContext
+
+    from ops.update.apply import Options, run_update
+
+    bundle = tmp_path / "bundle"
+    fake_bundle(bundle, "27.3.1")
+    build_sysbox_deb("0.6.7+containai.20260101", bundle)
+    c = conf(tmp_path, bundle_dir=str(bundle), platform="wsl2")
+    probe = GOLDEN / "probe"
+    answers = new_host_answers(c, (probe / "wsl2-no-systemd.txt").read_text(),
+                               (probe / "host-state-wsl2-no-systemd.txt").read_text())
     ctx = MockContext(config=Config(overrides={"cai": {}}), run=answers, repeat=True)
     with pytest.raises(OpsError) as err:
         run_update(ctx, c, "local", Options(dry_run=True), lambda line: None)
@@ -401,9 +411,8 @@ def test_dry_run_commands_of_a_new_wsl2_host(tmp_path: Path) -> None:
     nothing of ContainAI installed (its probes are golden outputs given through invoke's MockContext):
     every command of the install is listed, in order, in the text and the JSON report, and none of them
     ran (only the read-only probes did)."""
-    import re
 
-    from invoke import Config, MockContext, Result
+    from invoke import Config, MockContext
 
     from ops.update import steps as st
     from ops.update.apply import Options, run_update
@@ -412,20 +421,8 @@ def test_dry_run_commands_of_a_new_wsl2_host(tmp_path: Path) -> None:
     fake_bundle(bundle, "27.3.1")
     deb = build_sysbox_deb("0.6.7+containai.20260101", bundle)
     c = conf(tmp_path, bundle_dir=str(bundle))
-    missing = "".join(f"\n@@CAI-FILE {p}\nmissing" for p in units.managed_paths(c)) + "\n"
-    answers = {
-        re.compile(r"^p\(\) \{ printf"): Result((GOLDEN / "layout" / "no-systemd-nothing-installed.txt").read_text()),
-        re.compile(r"echo os=\$\(uname -s\)"): Result((GOLDEN / "probe" / "wsl2-ubuntu.txt").read_text()),
-        re.compile(r"echo pid1=.*engine_state"): Result("pid1=systemd\nengine_state=inactive\n"
-                                                        "engine_load=not-found\nsocket=no\n"),
-        re.compile(r"id -u; sudo -n true"): Result("0\n"),
-        re.compile(r".*sysbox-runc --version"): Result((GOLDEN / "sysbox-runc" / "upstream-0.6.7.txt").read_text()
-                                                       + "__rc=0\n"),
-        re.compile(r"d=.*VERSION"): Result("version-missing\n"),
-        re.compile(r".*@@CAI-ROLLBACK-COPY"): Result(""),  # no copy left by an interrupted run
-        re.compile(r"for f in \S*update-journal"): Result(f"\n@@CAI-FILE {jr.path(c)}\nmissing\n"),
-        re.compile(r"for f in "): Result(missing),
-    }
+    answers = new_host_answers(c, (GOLDEN / "probe" / "wsl2-ubuntu.txt").read_text(),
+                               "pid1=systemd\nengine_state=inactive\nengine_load=not-found\nsocket=no\n")
     ctx = MockContext(config=Config(overrides={"cai": {}}), run=answers, repeat=True)
     lines: list[str] = []
     report = run_update(ctx, c, "local", Options(dry_run=True, commands=True), lines.append)

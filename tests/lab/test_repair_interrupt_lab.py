@@ -19,8 +19,7 @@ import os
 import signal
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,21 +60,9 @@ def install(host: Any, debs: Path, lab_engine: str) -> None:
 
 
 @pytest.fixture
-def rpi_host(lab_engine: str, lab_image: str, lima_home: Path) -> Iterator[Any]:
+def rpi_host(lab_host: Callable[..., Any]) -> Callable[..., Any]:
     """Factory of lab hosts ``rpi-<hex>`` (``layout=``), removed afterwards."""
-    from ops.lab import hosts
-
-    started: list[str] = []
-
-    def make(layout: str) -> Any:
-        name = f"rpi-{uuid.uuid4().hex[:8]}"
-        index = hosts.reserve(name, owner_pid=os.getpid())
-        started.append(name)
-        return hosts.up(name, index, lab_engine, lima_home, image=lab_image, layout=layout)
-
-    yield make
-    for name in started:
-        hosts.down(name, lab_engine)
+    return lambda layout: lab_host(prefix="rpi", layout=layout)
 
 
 def slow_walk_host(host: Any, debs: Path, lab_engine: str) -> Path:

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,21 +52,9 @@ def install_python(host: Any, debs: Path, lab_engine: str) -> None:
 
 
 @pytest.fixture
-def rep_host(lab_engine: str, lab_image: str, lima_home: Path) -> Iterator[Callable[..., Any]]:
+def rep_host(lab_host: Callable[..., Any]) -> Callable[..., Any]:
     """Factory of lab hosts named ``rep-<hex>`` (``layout=`` as ``ops.lab.hosts.up``), removed afterwards."""
-    from ops.lab import hosts
-
-    started: list[str] = []
-
-    def make(layout: str) -> Any:
-        name = f"rep-{uuid.uuid4().hex[:8]}"
-        index = hosts.reserve(name, owner_pid=os.getpid())
-        started.append(name)
-        return hosts.up(name, index, lab_engine, lima_home, image=lab_image, layout=layout)
-
-    yield make
-    for name in started:
-        hosts.down(name, lab_engine)
+    return lambda layout: lab_host(prefix="rep", layout=layout)
 
 
 def containers(host: Any) -> tuple[Path, Path]:

@@ -14,8 +14,7 @@ import json
 import os
 import signal
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +33,9 @@ SLOW = "/etc/systemd/system/containai-docker.service.d/slow.conf"
 
 
 @pytest.fixture
-def rbk_host(lab_engine: str, lab_image: str, lima_home: Path) -> Iterator[Callable[[], Any]]:
+def rbk_host(lab_host: Callable[..., Any]) -> Callable[[], Any]:
     """Lab hosts named ``rbk-<hex>`` (removed at the end of the test)."""
-    from ops.lab import hosts
-
-    started: list[str] = []
-
-    def make() -> Any:
-        name = f"rbk-{uuid.uuid4().hex[:8]}"
-        index = hosts.reserve(name, owner_pid=os.getpid())
-        started.append(name)
-        return hosts.up(name, index, lab_engine, lima_home, image=lab_image)
-
-    yield make
-    for name in started:
-        hosts.down(name, lab_engine)
+    return lambda: lab_host(prefix="rbk")
 
 
 @pytest.fixture
