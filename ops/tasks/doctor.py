@@ -53,7 +53,7 @@ def doctor(
     targets = targets_of(conf, target)
     if repair:
         # the repair on each target (on a Mac without --target: the Lima VM), as inv repair does
-        from ops.tasks.repair import repair_fleet, run_repair
+        from ops.repair.run import repair_fleet, run_repair
 
         if len(targets) > 1 or json_:
             code = repair_fleet(c, targets, all, container or None, dry_run, None if uid < 0 else uid,
@@ -119,7 +119,7 @@ def apply_fixes(c: Any, fixable: list[str], dry_run: bool, capture: bool,
             print("nothing to fix automatically", file=sys.stderr)
         return result
     from ops.errors import OpsError
-    from ops.tasks.repair import run_repair
+    from ops.repair.run import run_repair
 
     out = io.StringIO()
     errors: list[str] = []

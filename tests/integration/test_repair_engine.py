@@ -495,7 +495,7 @@ def test_bad_input_one_line_and_exit_codes(lab: Lab, tmp_path: Path) -> None:
 def test_no_scope_means_all_for_the_doctor_path(lab: Lab) -> None:
     """``run_repair(default_all=True)`` (what ``inv doctor --repair`` passes): no flag means all."""
     from ops.errors import ConfigError
-    from ops.tasks.repair import run_repair
+    from ops.repair.run import run_repair
 
     vol = lab.name("all")
     lab.container("agent", {vol: "/data"}, user="1000:1000")
@@ -516,7 +516,7 @@ def test_not_root_and_missing_data_root_in_process(lab: Lab, monkeypatch: pytest
     """The checks that depend on who and where we are, driven through run_repair in-process."""
     from ops.errors import NotFoundError, OpsError
     from ops.repair import core
-    from ops.tasks.repair import run_repair
+    from ops.repair.run import run_repair
 
     monkeypatch.setattr(core, "in_container", lambda: False)
     ctx = lab.ctx()

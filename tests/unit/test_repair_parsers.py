@@ -351,7 +351,7 @@ def test_the_shipped_walk_runs_under_a_bare_python3(tmp_path: Path) -> None:
 
 
 def test_a_targets_row_and_its_volumes_as_json() -> None:
-    from ops.tasks.repair import Outcome, outcome_summary, volume_summary
+    from ops.repair.run import Outcome, outcome_summary, volume_summary
 
     done = WalkStats(scanned=6, damaged=4, repaired=4, seconds=0.01234, workers=2)
     left = WalkStats(scanned=3, damaged=1, repaired=0)
