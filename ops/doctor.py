@@ -7,9 +7,8 @@ finding, so one bad host never hides the others.
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,7 +233,7 @@ def _warm_up(texts: list[str], conf: CaiConfig, alone: bool, probing: threading.
     """Import the modules of the checks, and the Docker SDK (the longest import of all, so it starts
     first): for a local target when its engine socket answers (without the SDK's SSH transport when this
     is the only target: nothing imports paramiko meanwhile), with the repair modules; for a remote one
-    always (its engine is reached through a forward). The checks' own modules wait until a target runs
+    always (its engine is reached through its SSH connection). The checks' own modules wait until a target runs
     its probe (``probing``), so that they do not slow the way there."""
     from ops.engine import check_socket, import_docker
     from ops.errors import TargetError
@@ -308,16 +307,11 @@ def check_target(text: str, conf: CaiConfig, base: Any = None, alone: bool = Fal
     report = TargetReport(target=text)
     warm = warm or WarmUp([text], conf, alone)  # imports what the checks need while the target runs the probe
     prefetch = host_probes(conf)
-    forward = EngineForward.start(text, conf)  # a remote engine's forward connects while the probe runs
-    try:
-        return _check(report, text, conf, base, prefetch, forward, warm)
-    finally:
-        if forward is not None:
-            forward.close()
+    return _check(report, text, conf, base, prefetch, warm)
 
 
 def _check(report: TargetReport, text: str, conf: CaiConfig, base: Any, prefetch: list[str],
-           forward: EngineForward | None, warm: WarmUp) -> TargetReport:
+           warm: WarmUp) -> TargetReport:
     from ops.engine import Engine
 
     warm.probing.set()
@@ -343,8 +337,8 @@ def _check(report: TargetReport, text: str, conf: CaiConfig, base: Any, prefetch
         findings += version_findings(r, conf, layout)
         findings += host_readiness_findings(r)
         findings += left_findings(probes.run(r.ctx, rollback_left_probe(conf))[1], conf, r.name, r.platform)
-        with forward.docker_host(conf.docker_host) if forward is not None else engine_host(r.target, conf) \
-                as docker_host:
+        # a remote engine: through channels of the connection the probes used (one SSH connection)
+        with engine_host(r.target, conf, r.ctx) as docker_host:
             engine, error = None, None
             try:
                 engine = Engine.connect(docker_host, conf.label, timeout=15)
@@ -362,89 +356,6 @@ def _check(report: TargetReport, text: str, conf: CaiConfig, base: Any, prefetch
     except OpsError as exc:
         findings.append(_f(r, "target.check-failed", "error", exc.message, exc.hint))
     return report
-
-
-class EngineForward:
-    """The engine sockets of a remote target forwarded to this machine by one ``ssh -N`` (as
-    :func:`ops.targets.engine_host` forwards one), started before the target is probed, so that its
-    connection is made while the probe runs; it forwards every socket the target's layout may name
-    (``cai.docker_host``, the containai and the lima-vm engine sockets): a forward is only a listening
-    socket here until something connects to it.
-
-    :meth:`docker_host` waits for the one the layout chose, and fails as ``engine_host`` fails."""
-
-    def __init__(self, target: Any, sockets: dict[str, str], proc: Any, folder: str, errors: str) -> None:
-        self.target = target
-        self.sockets = sockets  # remote path -> local path
-        self.proc = proc
-        self.folder = folder
-        self.errors = errors
-
-    @classmethod
-    def start(cls, text: str, conf: CaiConfig) -> EngineForward | None:
-        """The forward of a remote target; None for the local host, and when it cannot even start
-        (the checks then reach the engine as :func:`ops.targets.engine_host` does, which tells why)."""
-        import os
-        import shutil
-        import subprocess
-        import tempfile
-
-        from ops.layout import CAI_SOCKET, VM_SOCKET
-        from ops.targets import effective_target, parse_target, socket_path, ssh_base_args
-
-        try:
-            target = effective_target(parse_target(text, conf.lima_vm), conf)
-            if not target.remote or shutil.which("ssh") is None:
-                return None
-            remote = list(dict.fromkeys([socket_path(conf.docker_host), CAI_SOCKET, VM_SOCKET]))
-            base = ssh_base_args(target, conf)
-        except OpsError:
-            return None
-        folder = tempfile.mkdtemp(prefix="cai-engine-")
-        sockets = {path: os.path.join(folder, f"{i}.sock") for i, path in enumerate(remote)}
-        errors = os.path.join(folder, "ssh.err")
-        forwards = [arg for path, local in sockets.items() for arg in ("-L", f"{local}:{path}")]
-        argv = [base[0], "-N", "-o", "ExitOnForwardFailure=yes", "-o", "ControlMaster=no",
-                "-o", "ControlPath=none", "-o", "ConnectTimeout=15", *forwards, *base[1:]]
-        try:
-            with open(errors, "wb") as err_file:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=err_file, start_new_session=True)
-        except OSError:
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
-        return cls(target, sockets, proc, folder, errors)
-
-    @contextlib.contextmanager
-    def docker_host(self, docker_host: str) -> Iterator[str]:
-        """The local ``unix://`` docker host of the target's engine socket ``docker_host``."""
-        import os
-        import time
-
-        from ops.errors import TargetError
-        from ops.targets import socket_path, tunnel_error, tunnel_tail
-
-        local = self.sockets.get(socket_path(docker_host))
-        if local is None:  # not one of the sockets forwarded: never the case for a layout's socket
-            raise TargetError(f"the engine socket {docker_host} of {self.target.name} was not forwarded")
-        deadline = time.monotonic() + 20
-        while not os.path.exists(local):
-            if self.proc.poll() is not None:
-                raise tunnel_error(self.target.name, self.errors)
-            if time.monotonic() > deadline:
-                raise TargetError(f"timed out forwarding the engine socket of {self.target.name}: "
-                                  f"{tunnel_tail(self.errors)}", "check the SSH access to the target")
-            time.sleep(0.02)
-        yield f"unix://{local}"
-
-    def close(self) -> None:
-        """Stop the forward and remove its folder."""
-        import shutil
-
-        self.proc.terminate()
-        with contextlib.suppress(Exception):
-            self.proc.wait(timeout=5)
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def run_doctor(targets: list[str], conf: CaiConfig, base: Any = None, parallel: int = 8) -> list[TargetReport]:

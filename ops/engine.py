@@ -168,6 +168,8 @@ class Engine:
     def connect(cls, docker_host: str, label: str, timeout: int = 30) -> Engine:
         """Connect with one ``GET /version`` (the engine answers, and with which API version); raise
         EngineError with a hint when the engine does not answer."""
+        if docker_host.startswith("ssh-channel://"):
+            return cls._connect_channel(docker_host, label, timeout)
         check_socket(docker_host, min(5.0, float(timeout)))
         docker = import_docker()
         from docker.errors import DockerException
@@ -185,6 +187,34 @@ class Engine:
         except (DockerException, OSError, ValueError, KeyError) as exc:
             raise EngineError(
                 f"engine at {docker_host} is unreachable ({_short(exc)})",
+                "start it (systemctl start containai-docker) or set cai.docker_host",
+            ) from None
+        return cls(client, docker_host, label, version)
+
+    @classmethod
+    def _connect_channel(cls, docker_host: str, label: str, timeout: int) -> Engine:
+        """Connect to an engine socket reached through a target's SSH transport (``ops.sshengine``): the
+        first channel is opened here (a refused one is told as the socket check tells it), and the
+        ``GET /version`` goes through it; the client then asks with that API version."""
+        from ops import sshengine
+
+        opener = sshengine.opener_of(docker_host)
+        first = opener()  # raises EngineError naming the socket and the target
+        docker = import_docker()
+        from docker.errors import DockerException
+
+        # the SDK's unix:// client, whose every request is then sent through the channels
+        placeholder = "unix://" + (sshengine.socket_of(docker_host) or "/var/run/docker.sock")
+        try:
+            client = docker.DockerClient(base_url=placeholder, timeout=timeout, max_pool_size=64,
+                                         version=docker.constants.MINIMUM_DOCKER_API_VERSION)
+            sshengine.mount(client.api, opener, timeout, 64, first)
+            version = dict(client.api.version(api_version=False))
+            client.api._version = str(version["ApiVersion"])
+        except (DockerException, OSError, ValueError, KeyError) as exc:
+            first.close()
+            raise EngineError(
+                f"engine at {sshengine.socket_of(docker_host)} is unreachable ({_short(exc)})",
                 "start it (systemctl start containai-docker) or set cai.docker_host",
             ) from None
         return cls(client, docker_host, label, version)

@@ -249,15 +249,18 @@ def _first_line(exc: BaseException) -> str:
 # --- platform detection ---------------------------------------------------------------------------
 
 PROBE = (
-    "echo os=$(uname -s); echo kernel=$(uname -r); echo arch=$(uname -m); "
+    # one uname for the three fields (it prints them in this order whatever the flags' order), and the
+    # files of /proc read by the shell itself: fewer processes, on every target, every command
+    "set -- $(uname -srm); echo os=$1; echo kernel=$2; echo arch=$3; "
     'echo wsl_distro="${WSL_DISTRO_NAME:-}"; '
-    "echo pid1=$(cat /proc/1/comm 2>/dev/null); "
+    "{ read -r p1 < /proc/1/comm; } 2>/dev/null || p1=; echo pid1=$p1; "
     "if [ -r /etc/os-release ]; then . /etc/os-release; echo distro=\"$ID\"; "
     'echo distro_version="$VERSION_ID"; echo distro_like="${ID_LIKE:-}"; fi; '
     "if [ -f /.dockerenv ] || grep -qa container= /proc/1/environ 2>/dev/null; "
     "then echo container=yes; else echo container=no; fi; "
     # WSL2: the seccomp mode of PID 1 (2 = a filter is applied) and [boot] systemd= of /etc/wsl.conf
-    "echo seccomp=$(sed -n 's/^Seccomp:[[:space:]]*//p' /proc/1/status 2>/dev/null); "
+    "sc=; { while read -r k v; do [ \"$k\" != Seccomp: ] || sc=$v; done < /proc/1/status; } 2>/dev/null; "
+    "echo seccomp=$sc; "
     "if [ -r /etc/wsl.conf ]; then echo wsl_conf_systemd=$(awk -F= "
     "'/^[[:space:]]*\\[/{s=$0; gsub(/[[:space:]]/, \"\", s)} "
     "s == \"[boot]\" && $1 ~ /^[[:space:]]*systemd[[:space:]]*$/ "
@@ -435,17 +438,34 @@ def command_argv(target: Target, conf: CaiConfig, command: str, ssh_options: tup
 
 
 @contextlib.contextmanager
-def engine_host(target: Target, conf: CaiConfig) -> Iterator[str]:
-    """A docker host URL for the target's engine: the socket itself locally, an SSH-forwarded socket
-    for a Lima VM or remote host (as Lima itself forwards the Docker socket).
+def engine_host(target: Target, conf: CaiConfig, ctx: Any = None) -> Iterator[str]:
+    """A docker host URL for the target's engine: the socket itself locally; for a Lima VM or remote
+    host, the socket reached over SSH (as Lima itself forwards the Docker socket).
 
-    The forwarding ``ssh`` writes its diagnostics to a file, never to a pipe nobody reads (a full pipe
+    With ``ctx``, the target's Context (a ``fabric.Connection``, also wrapped by
+    :func:`ops.facts.batched`), the engine is reached through channels of that connection
+    (``ops.sshengine``): no second SSH connection. Without it, an ``ssh -N`` forwards the socket to a
+    local one; that ``ssh`` writes its diagnostics to a file, never to a pipe nobody reads (a full pipe
     would stop it, and with it every request through the tunnel); the file is shown when it fails.
     """
     if not target.remote:
         yield conf.docker_host
         return
     remote = socket_path(conf.docker_host)
+    if ctx is not None:
+        from ops import sshengine
+
+        try:
+            transport = sshengine.transport_of(ctx)
+        except OpsError:
+            raise
+        except Exception as exc:
+            raise TargetError(f"cannot reach {target.name} ({_first_line(exc)})",
+                              "check that the host is up and the SSH key is right") from None
+        if transport is not None:
+            with sshengine.register(transport, remote, target.name) as url:
+                yield url
+            return
     if shutil.which("ssh") is None:
         raise TargetError("the ssh client is not installed", "install openssh-client")
     base = ssh_base_args(target, conf)
