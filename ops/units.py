@@ -333,7 +333,7 @@ def doctor_commands(conf: CaiConfig, layout: Layout | None = None) -> list[str]:
     """The probes :func:`doctor_findings` runs (so a caller can run them in one round trip first):
     PID 1's name, the installed files, the engine unit's and the guard unit's states (of ``layout``).
     The engine unit's state (:func:`engine_active_command`) is only run when ``layout`` does not hold it."""
-    return ["cat /proc/1/comm 2>/dev/null", dump_command(managed_paths(conf, layout)),
+    return ["{ read -r p < /proc/1/comm && echo \"$p\"; } 2>/dev/null", dump_command(managed_paths(conf, layout)),
             engine_active_command(layout),
             f"systemctl show -p LoadState -p ActiveState -p SubState {GUARD_UNIT} 2>/dev/null"]
 

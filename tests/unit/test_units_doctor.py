@@ -26,7 +26,7 @@ def dump(contents: dict[str, str | None]) -> str:
 def ctx(pid1: str, files: dict[str, str | None], active: str, guard: str = "loaded active exited") -> MockContext:
     load, state, sub = guard.split()
     return MockContext(run={
-        re.compile(r"^cat /proc/1/comm"): Result(stdout=pid1 + "\n"),
+        re.compile(r"^\{ read -r p < /proc/1/comm"): Result(stdout=pid1 + "\n"),
         re.compile(r"^for f in "): Result(stdout=dump(files)),
         re.compile(r"^systemctl is-active"): Result(stdout=active + "\n", exited=0 if active == "active" else 3),
         re.compile(r"^systemctl show -p LoadState -p ActiveState -p SubState containai-docker-guard.service"):
