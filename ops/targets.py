@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -128,6 +126,8 @@ FileContext: TypeAlias = "LocalContext | Connection"
 
 
 def _copy(source: str, dest: str, preserve_mode: bool) -> None:
+    import shutil  # here: a doctor's way to its probe does not pay for shutil (bz2, lzma)
+
     if os.path.isdir(dest):
         dest = os.path.join(dest, os.path.basename(source))
     if preserve_mode:
@@ -466,6 +466,9 @@ def engine_host(target: Target, conf: CaiConfig, ctx: Any = None) -> Iterator[st
             with sshengine.register(transport, remote, target.name) as url:
                 yield url
             return
+    import shutil
+    import tempfile
+
     if shutil.which("ssh") is None:
         raise TargetError("the ssh client is not installed", "install openssh-client")
     base = ssh_base_args(target, conf)

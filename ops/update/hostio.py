@@ -13,7 +13,6 @@ import base64
 import contextlib
 import os
 import shlex
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +149,8 @@ class Host:
 
     def _write_uploaded(self, path: str, text: str, mode: int) -> None:
         """Write one (large) file through a copy into the staging directory."""
+        import tempfile  # here: the doctor, which reads through this module, never writes
+
         fd, local = tempfile.mkstemp(prefix="cai-")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
