@@ -139,13 +139,15 @@ class LayoutFacts:
         return tuple(a.cidr for a in self.addresses if a.ifname == ifname and a.family == family)
 
 
-def probe_command(label: str = "containai.managed=true") -> str:
-    """One POSIX shell command printing the layout facts as ``key=value`` lines (read-only)."""
+def probe_command(label: str = "containai.managed=true", engines: bool = True) -> str:
+    """One POSIX shell command printing the layout facts as ``key=value`` lines (read-only).
+
+    ``engines=False``: without the engines' answers (no docker call on the target); the caller asks the
+    engines itself, through the Docker API, and adds :func:`engine_lines` to the output."""
     q = shlex.quote
     units = " ".join((CAI_UNIT, VM_UNIT, CONTAINERD_UNIT))
     files = " ".join((CAI_DAEMON_JSON, VM_DAEMON_JSON, f"{CAI_OPT}/VERSION"))
-    return "\n".join([
-        "p() { printf '%s=%s\\n' \"$1\" \"$2\"; }",
+    asked = [] if not engines else [
         # the engines first, in the background (each docker call takes a while): every line is one
         # short write, and the parser does not depend on the order of the lines
         "d=",
@@ -160,6 +162,10 @@ def probe_command(label: str = "containai.managed=true") -> str:
         f"  {{ n=$(timeout 15 \"$d\" -H \"unix://$s\" ps -aq --filter label={q(label)} 2>/dev/null | wc -l)"
         ' && p "managed:$s" "$n"; } &',
         "done",
+    ]
+    return "\n".join([
+        "p() { printf '%s=%s\\n' \"$1\" \"$2\"; }",
+        *asked,
         # systemctl only where systemd is PID 1: elsewhere it fails (slowly) with nothing on stdout.
         # PID 1's name is read by the shell itself; one `systemctl show` answers for the three units,
         # one block each, in the order asked, blocks separated by an empty line (ActiveState is what
@@ -220,6 +226,18 @@ def _parse_ip_link(line: str) -> str:
     """``3: cai0: <...> mtu 1500 ...`` -> ``cai0``."""
     parts = line.split()
     return parts[1].rstrip(":").split("@", 1)[0] if len(parts) > 1 else ""
+
+
+#: The engine sockets whose answers the layout probe reads, and the one whose managed containers it counts.
+ENGINE_SOCKETS = (CAI_SOCKET, VM_SOCKET)
+
+
+def engine_lines(socket: str, info: dict[str, Any], managed: int | None = None) -> str:
+    """Pure: the probe's lines of an engine that answered ``GET /info`` with ``info`` (the fields the
+    probe's ``docker info --format`` prints), and of its managed containers when counted."""
+    runtimes = "".join(f"{name}," for name in sorted(info.get("Runtimes") or {}))
+    line = f"info:{socket}={info.get('DockerRootDir', '')}|{info.get('DefaultRuntime', '')}|{runtimes}\n"
+    return line + (f"managed:{socket}={managed}\n" if managed is not None else "")
 
 
 def parse_probe(text: str) -> LayoutFacts:
