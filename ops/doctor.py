@@ -316,7 +316,10 @@ def _check(report: TargetReport, text: str, conf: CaiConfig, base: Any, prefetch
 
     warm.probing.set()
     try:
-        r = resolve(text, conf, base, prefetch=prefetch)
+        # over SSH the layout probe's engines are asked through the Docker API on the same connection
+        from ops.sshengine import layout_alongside
+
+        r = resolve(text, conf, base, prefetch=prefetch, alongside=layout_alongside(conf.label))
     except OpsError as exc:
         report.findings.append(Finding("target.unreachable", "error", text, exc.message, exc.hint))
         return report

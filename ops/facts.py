@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +196,10 @@ def apparmor_mode(ctx: Any, profile: str) -> str:
 
 # --- many probes in one round trip ------------------------------------------------------------------
 
+#: A batched command answered partly in this process: (the lighter command the target runs, start), see
+#: :func:`batched`.
+Alongside = tuple[str, Callable[[Any], Callable[[], str] | None]]
+
 _BEGIN = "@@CAI-PROBE"
 _END = "@@CAI-RC"
 #: The batch script reads PID 1's name once into this variable (a shell builtin, no process).
@@ -296,10 +300,12 @@ class Batched:
     :func:`ops.targets.run` calls it) answers from the one round trip, run at the first such call; any
     other command, and everything else (``put``, ``config``, ``host``...), goes to the wrapped Context."""
 
-    def __init__(self, ctx: Any, commands: Sequence[str], timeout: int = 120) -> None:
+    def __init__(self, ctx: Any, commands: Sequence[str], timeout: int = 120,
+                 alongside: Mapping[str, Alongside] | None = None) -> None:
         self.ctx = ctx
         self.commands = unique(commands)
         self.timeout = timeout
+        self.alongside = dict(alongside or {})
         self._results: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
@@ -312,15 +318,34 @@ class Batched:
                 from invoke.runners import Result
 
                 token = os.urandom(8).hex()
-                result = self.ctx.run(batch_script(self.commands, token), hide=True, warn=True, in_stream=False,
+                commands, joins = self._substituted()
+                result = self.ctx.run(batch_script(commands, token), hide=True, warn=True, in_stream=False,
                                       timeout=self.timeout, pty=False)
-                outputs = parse_batch(str(result.stdout), token, len(self.commands))
+                outputs = parse_batch(str(result.stdout), token, len(commands))
+                for i, join in joins.items():
+                    if i in outputs:
+                        code, out = outputs[i]
+                        outputs[i] = (code, out + ("" if not out or out.endswith("\n") else "\n") + join())
                 self._results = {
                     self.commands[i]: Result(stdout=out, stderr="", exited=code, command=self.commands[i],
                                              hide=("stdout", "stderr"))
                     for i, (code, out) in outputs.items()
                 }
             return self._results
+
+    def _substituted(self) -> tuple[list[str], dict[int, Callable[[], str]]]:
+        """The commands the batch runs: a command with an ``alongside`` entry whose start accepts the
+        Context runs as its lighter command (same condition), and its answer gets the entry's output."""
+        commands: list[str] = list(self.commands)
+        joins: dict[int, Callable[[], str]] = {}
+        for i, command in enumerate(commands):
+            entry = self.alongside.get(command)
+            join = entry[1](self.ctx) if entry is not None else None
+            if entry is not None and join is not None:
+                when = getattr(command, "condition", "")
+                commands[i] = OnlyIf(entry[0], when) if when else entry[0]
+                joins[i] = join
+        return commands, joins
 
     def run(self, command: str, **kwargs: Any) -> Any:
         """The batched answer of ``command`` when it was batched, else the wrapped Context's ``run``."""
@@ -331,7 +356,10 @@ class Batched:
         return self.ctx.run(command, **kwargs)
 
 
-def batched(ctx: Any, commands: Sequence[str]) -> Any:
+def batched(ctx: Any, commands: Sequence[str], alongside: Mapping[str, Alongside] | None = None) -> Any:
     """``ctx`` answering ``commands`` from one round trip (see :class:`Batched`); ``ctx`` itself when
-    there is nothing to batch."""
-    return Batched(ctx, commands) if commands else ctx
+    there is nothing to batch. ``alongside``: command -> (lighter command, start), where ``start(ctx)``
+    begins reading the rest of the answer in this process (None: not here, the command runs whole) and
+    returns what waits for it and gives its output (e.g. the layout probe's engines through the Docker
+    API over the target's SSH connection: ``ops.sshengine.layout_alongside``)."""
+    return Batched(ctx, commands, alongside=alongside) if commands else ctx

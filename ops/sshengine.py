@@ -47,6 +47,7 @@ def open_streamlocal(transport: Any, path: str, timeout: float = 15.0) -> Any:
 
     if not transport.is_active():
         raise SSHException("SSH session not active")
+    _quiet_refusals()
     with transport.lock:
         window = transport._sanitize_window_size(None)
         packet = transport._sanitize_packet_size(None)
@@ -82,9 +83,13 @@ def open_streamlocal(transport: Any, path: str, timeout: float = 15.0) -> Any:
 def transport_of(ctx: Any) -> Any:
     """The connected paramiko transport behind a Context (a ``fabric.Connection``, possibly wrapped, e.g.
     by :class:`ops.facts.Batched`), opening the connection if needed; None for any other Context."""
+    import sys
+
+    if "fabric" not in sys.modules:  # no Connection can exist (and a local run never imports Fabric here)
+        return None
     from fabric import Connection
 
-    conn = getattr(ctx, "ctx", ctx) if not isinstance(ctx, Connection) else ctx
+    conn = ctx
     while not isinstance(conn, Connection) and hasattr(conn, "ctx"):
         conn = conn.ctx
     if not isinstance(conn, Connection):
@@ -118,7 +123,6 @@ def register(transport: Any, path: str, where: str) -> Iterator[str]:
             raise ChannelOpenError(f"engine socket {path} of {where} is unreachable ({exc})",
                                    "check the SSH access to the target") from None
 
-    _quiet_refusals()
     with _LOCK:
         _OPENERS[url] = opener
     try:
@@ -238,3 +242,83 @@ def _adapter_class() -> Any:
 
     _ADAPTER = ChannelAdapter
     return _ADAPTER
+
+
+# --- the engines' part of the layout probe, through the Docker API ----------------------------------
+
+def api_get(transport: Any, socket: str, path: str, timeout: float = 15.0) -> Any:
+    """The JSON answer of ``GET path`` on the engine socket ``socket``, through one channel of
+    ``transport`` (``http.client`` over the channel); OSError/ValueError/SSHException when it fails."""
+    import http.client
+    import json
+
+    chan = open_streamlocal(transport, socket, timeout)
+    try:
+        chan.settimeout(timeout)
+        conn = http.client.HTTPConnection("docker", timeout=timeout)
+        conn.sock = chan
+        conn.request("GET", path)
+        reply = conn.getresponse()
+        body = reply.read()
+        if reply.status != 200:
+            raise OSError(f"GET {path} answered {reply.status}")
+        return json.loads(body)
+    finally:
+        chan.close()
+
+
+def engine_probe_lines(transport: Any, label: str) -> str:
+    """The layout probe's engine lines (:func:`ops.layout.engine_lines`), asked through the Docker API
+    of each engine socket at the same time: ``GET /info`` (what the probe's ``docker info`` reads), and
+    on the VM's socket the managed containers (``GET /containers/json`` with the label filter, what its
+    ``docker ps -aq --filter`` counts). A socket that is missing or does not answer has no lines, as in
+    the probe."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+    from urllib.parse import quote
+
+    from ops.layout import ENGINE_SOCKETS, VM_SOCKET, engine_lines
+
+    listing = "/containers/json?all=1&filters=" + quote(json.dumps({"label": [label]}))
+
+    def one(socket: str) -> str:
+        try:
+            info = api_get(transport, socket, "/info")
+        except Exception:  # noqa: BLE001 - not answering is a fact here, as the probe's docker call failing
+            return ""
+        managed: int | None = None
+        if socket == VM_SOCKET:
+            with contextlib.suppress(Exception):
+                managed = len(api_get(transport, socket, listing))
+        return engine_lines(socket, info if isinstance(info, dict) else {}, managed)
+
+    with ThreadPoolExecutor(len(ENGINE_SOCKETS)) as pool:
+        return "".join(pool.map(one, ENGINE_SOCKETS))
+
+
+def layout_alongside(label: str) -> dict[str, Any]:
+    """For :func:`ops.facts.batched`: over SSH, the layout probe runs on the target without its docker
+    calls, while this process asks the engines through the Docker API on the same connection
+    (:func:`engine_probe_lines`): no docker CLI process on the target, and the two at the same time.
+    A local Context runs the whole probe as it is."""
+    from ops.layout import probe_command
+
+    def start(ctx: Any) -> Callable[[], str] | None:
+        try:
+            transport = transport_of(ctx)
+        except Exception:  # noqa: BLE001 - the batch's own run tells why the target is unreachable
+            return None
+        if transport is None:
+            return None
+        answer: list[str] = []
+        thread = threading.Thread(target=lambda: answer.append(engine_probe_lines(transport, label)),
+                                  daemon=True)
+        thread.start()
+
+        def join() -> str:
+            thread.join()
+            return answer[0] if answer else ""
+
+        return join
+
+    return {probe_command(label): (probe_command(label, engines=False), start)}

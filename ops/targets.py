@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -366,20 +366,21 @@ class Resolved:
         return self.target.name
 
 
-def resolve(text: str, conf: CaiConfig, base: Any = None, prefetch: Sequence[str] = ()) -> Resolved:
+def resolve(text: str, conf: CaiConfig, base: Any = None, prefetch: Sequence[str] = (),
+            alongside: Mapping[str, Any] | None = None) -> Resolved:
     """Parse a target, connect, and detect its platform there.
 
     On a macOS host (detected, or ``cai.platform=macos``) the local target becomes the Lima VM
     ``cai.lima_vm`` and the platform is ``macos``; versions are then read inside the VM.
     ``prefetch``: probe commands run in the same round trip as the platform probe; the Resolved's
-    Context answers them from that output (:func:`ops.facts.batched`).
+    Context answers them from that output (:func:`ops.facts.batched`, with ``alongside``).
     """
     target = effective_target(parse_target(text, conf.lima_vm), conf)
     if not target.remote:
-        local_ctx = _prefetching(make_context(target, conf, base), prefetch)
+        local_ctx = _prefetching(make_context(target, conf, base), prefetch, alongside)
         facts = probe_host(local_ctx)
         return Resolved(target, local_ctx, platform_of(facts, conf.platform), facts)
-    ctx = _prefetching(make_context(target, conf, base), prefetch)
+    ctx = _prefetching(make_context(target, conf, base), prefetch, alongside)
     if target.kind == "lima":
         try:
             facts = probe_host(ctx)
@@ -395,12 +396,12 @@ def resolve(text: str, conf: CaiConfig, base: Any = None, prefetch: Sequence[str
     return Resolved(target, ctx, platform_of(facts, override), facts)
 
 
-def _prefetching(ctx: Any, prefetch: Sequence[str]) -> Any:
+def _prefetching(ctx: Any, prefetch: Sequence[str], alongside: Mapping[str, Any] | None = None) -> Any:
     if not prefetch:
         return ctx
     from ops.facts import batched
 
-    return batched(ctx, [PROBE, *prefetch])
+    return batched(ctx, [PROBE, *prefetch], alongside)
 
 
 # --- engine socket --------------------------------------------------------------------------------

@@ -169,3 +169,31 @@ def test_doctor_over_ssh_logs_in_once(sshd: Sshd, lab_engine: str) -> None:
     assert "target.unreachable" not in codes and "target.check-failed" not in codes, codes
     assert "engine.version" in codes, [(f["code"], f["message"]) for f in doc["findings"]]
     assert sshd.logins() == 1
+
+
+def test_the_layout_probe_reads_the_same_engine_facts_through_the_api(sshd: Sshd, lab_engine: str) -> None:
+    """What the layout probe read with ``docker info --format`` / ``docker ps -aq --filter`` on the
+    target, the Docker API through the target's connection answers: the same parsed facts."""
+    from ops.layout import engine_lines, parse_probe
+    from ops.sshengine import api_get, transport_of
+
+    sock = lab_engine[len("unix://"):]
+    label = "containai.managed=true"
+    cli = subprocess.run(["docker", "-H", lab_engine, "info", "--format",
+                          "{{.DockerRootDir}}|{{.DefaultRuntime}}|{{range $k, $v := .Runtimes}}{{$k}},{{end}}"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    count = len(subprocess.run(["docker", "-H", lab_engine, "ps", "-aq", "--filter", f"label={label}"],
+                               capture_output=True, text=True, check=True).stdout.split())
+    conf = CaiConfig.from_mapping({"ssh_config": str(sshd.ssh_config()), "docker_host": lab_engine})
+    ctx = make_context(parse_target(sshd.target), conf)
+    try:
+        transport = transport_of(ctx)
+        info = api_get(transport, sock, "/info")
+        from urllib.parse import quote
+
+        listed = api_get(transport, sock, "/containers/json?all=1&filters=" + quote(json.dumps({"label": [label]})))
+    finally:
+        ctx.close()
+    by_api = parse_probe(engine_lines(sock, info, len(listed))).engine(sock)
+    by_cli = parse_probe(f"info:{sock}={cli}\nmanaged:{sock}={count}\n").engine(sock)
+    assert by_api == by_cli and by_api.answered and by_api.runtimes
