@@ -159,6 +159,15 @@ def effective_target(target: Target, conf: CaiConfig) -> Target:
     return target
 
 
+def remote_target(text: str, conf: CaiConfig) -> bool:
+    """True when the target ``text`` is reached over SSH (False too when it cannot be parsed: resolving
+    it tells why)."""
+    try:
+        return effective_target(parse_target(text, conf.lima_vm), conf).remote
+    except TargetError:
+        return False
+
+
 def make_context(target: Target, conf: CaiConfig, base: Any = None) -> invoke.Context:
     """The Context for a target: a :class:`LocalContext` locally, ``fabric.Connection`` otherwise.
 

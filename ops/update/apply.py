@@ -701,9 +701,17 @@ def verify_converged(before: pl.Plan, facts: UpdateFacts, journal_names: list[st
 def session(base_ctx: Any, conf: CaiConfig, target_text: str, opts: Options, emit: Emit,
             confirm: Callable[[str], bool] | None = None, warn: Emit | None = None) -> Iterator[Session]:
     """Resolve the target and open a Session on it."""
-    from ops.targets import resolve
+    from ops.targets import remote_target, resolve
 
-    resolved = resolve(target_text, conf, base_ctx)
+    prefetch: list[str] = []
+    alongside = None
+    if opts.dry_run and remote_target(target_text, conf):
+        # its reads in one SSH round trip (a real run reads once it holds the target's lock)
+        from ops.sshengine import layout_alongside
+        from ops.update.facts import dry_run_probes
+
+        prefetch, alongside = dry_run_probes(conf), layout_alongside(conf.label)
+    resolved = resolve(target_text, conf, base_ctx, prefetch=prefetch, alongside=alongside)
     s = Session(resolved, conf, opts, emit, confirm, warn)
     try:
         yield s

@@ -95,6 +95,29 @@ class UpdateFacts:
         }
 
 
+def dry_run_probes(conf: CaiConfig) -> list[str]:
+    """Every read-only command a dry run reads a root-login target with before it plans (the privilege
+    check, the layout probe, the journal, the rollback copy, the host state, the managed files, the
+    installed Sysbox and bundle; those of either layout), so that they all run in the round trip of
+    the platform probe (``ops.targets.resolve`` with ``prefetch``). A command not listed here, or that
+    differs (a ``sudo`` login), still runs on its own."""
+    from ops.facts import SYSBOX_PROBE, bundle_probe
+    from ops.filedump import dump_command
+    from ops.layout import CONTAINAI, LayoutFacts, conf_for, containai_layout, lima_vm_layout, probe_command
+    from ops.units import managed_paths
+    from ops.update import journal as jr
+    from ops.update.hostio import PRIVILEGE_PROBE
+    from ops.update.rollback import left_probe
+
+    layouts = [containai_layout(LayoutFacts(), "", forced=True), lima_vm_layout(LayoutFacts(), "", forced=True)]
+    out = [PRIVILEGE_PROBE, probe_command(conf.label), dump_command([jr.path(conf)]), left_probe(conf)]
+    for layout in layouts:
+        lconf = conf_for(conf, layout) if layout.name != CONTAINAI else conf
+        out.append(_HOST_PROBE.format(unit=layout.engine_unit, sock=shlex.quote(lconf.docker_host[len("unix://"):])))
+        out.append(dump_command(managed_paths(lconf, layout)))
+    return [*out, SYSBOX_PROBE, bundle_probe(conf.opt_dir)]
+
+
 def probe_host_state(ctx: Any, conf: CaiConfig, engine_unit: str = ENGINE_UNIT) -> HostState:
     """Read the host state in one command (``conf.docker_host`` is the engine's socket)."""
     from ops.targets import socket_path

@@ -32,6 +32,10 @@ STAGING_TEMPLATE = "/tmp/containai-ops.XXXXXX"
 MKTEMP = f"mktemp -d {STAGING_TEMPLATE}"
 
 
+#: Root, or passwordless sudo (:meth:`Host.open`).
+PRIVILEGE_PROBE = "id -u; sudo -n true >/dev/null 2>&1 && echo sudo-ok"
+
+
 class CutError(OpsError):
     """A command was cut by its timeout (it may still be running on the host)."""
 
@@ -48,7 +52,7 @@ class Host:
     @classmethod
     def open(cls, ctx: FileContext) -> Host:
         """Check root access on the target: root, or passwordless sudo; else a clear error."""
-        code, out, _err = _run(ctx, "id -u; sudo -n true >/dev/null 2>&1 && echo sudo-ok", PROBE_TIMEOUT)
+        code, out, _err = _run(ctx, PRIVILEGE_PROBE, PROBE_TIMEOUT)
         lines = out.split()
         if code != 0 and not lines:
             raise OpsError(f"cannot run commands on {describe(ctx)}", "check that the host is up")
