@@ -197,4 +197,3 @@ def test_the_layout_probe_reads_the_same_engine_facts_through_the_api(sshd: Sshd
     by_api = parse_probe(engine_lines(sock, info, len(listed))).engine(sock)
     by_cli = parse_probe(f"info:{sock}={cli}\nmanaged:{sock}={count}\n").engine(sock)
     assert by_api == by_cli and by_api.answered and by_api.runtimes
-
