@@ -210,14 +210,17 @@ def host_probes(conf: CaiConfig) -> list[str]:
     :class:`ops.facts.OnlyIf` that: elsewhere the round trip skips them, and the checks, which read
     PID 1 first, never ask for them."""
     from ops import units
-    from ops.layout import LayoutFacts, lima_vm_layout, probe_command
+    from ops.layout import CAI_SOCKET, VM_SOCKET, LayoutFacts, lima_vm_layout, probe_command
 
     def systemd_only(layout: Any) -> list[str]:
         # units.doctor_commands: PID 1's name first, the rest only under systemd. The engine unit's state
         # of a found layout comes from the layout probe's systemctl show (units.doctor_findings reads it
-        # there): only the one asked when no layout is found (layout None) stays
+        # there): only the one asked when no layout is found (layout None) stays, and it runs only where
+        # no engine socket exists (a layout needs one; elsewhere a check that asks runs it on its own)
         pid1, *rest = units.doctor_commands(conf, layout)
-        return [pid1, *(probes.OnlyIf(c, probes.IF_PID1_SYSTEMD) for c in rest
+        no_engine = f"{probes.IF_PID1_SYSTEMD} && [ ! -S {CAI_SOCKET} ] && [ ! -S {VM_SOCKET} ]"
+        return [pid1, *(probes.OnlyIf(c, no_engine if c == units.engine_active_command(None)
+                                      else probes.IF_PID1_SYSTEMD) for c in rest
                         if layout is None or c != units.engine_active_command(layout))]
 
     return [probe_command(conf.label),
