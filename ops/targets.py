@@ -188,10 +188,75 @@ def make_context(target: Target, conf: CaiConfig, base: Any = None) -> invoke.Co
     return conn
 
 
+def quick_socket(host: str, port: int, timeout: float | None) -> Any:
+    """A TCP connection to ``host:port`` (each address in turn, as paramiko tries them; the last OSError
+    when none answers) that sends small packets at once (``TCP_NODELAY``) and acknowledges what it
+    reads at once (``TCP_QUICKACK`` before each read, where Linux has it).
+
+    SSH is a conversation of small packets: with Nagle's algorithm on one side and delayed ACKs on the
+    other, a reply waits for the peer's delayed ACK (about 40 ms on Linux) at each turn where the
+    previous packet is not acknowledged yet. sshd leaves Nagle on for sessions without a terminal, so
+    the client's immediate ACKs are what removes that wait (measured on a lab host: the handshake 67-110
+    ms -> 25-30 ms, the first session 48 ms -> 5 ms)."""
+    import socket
+
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+
+    class QuickAckSocket(socket.socket):
+        def recv(self, bufsize: int, flags: int = 0) -> bytes:
+            if quickack is not None:
+                with contextlib.suppress(OSError):
+                    self.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+            return super().recv(bufsize, flags)
+
+    error: OSError = OSError(f"{host} has no address")
+    for family, kind, proto, _name, address in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = QuickAckSocket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error
+
+
+_CONNECTION: Any = None
+
+
+def _connection_class() -> Any:
+    """``fabric.Connection`` whose direct TCP connections use :func:`quick_socket` (a connection through
+    a gateway, e.g. a ProxyCommand, is made by Fabric as before). A host that does not answer is left to
+    paramiko, so its error is the one it always was."""
+    global _CONNECTION
+    if _CONNECTION is not None:
+        return _CONNECTION
+    import fabric
+
+    class Connection(fabric.Connection):
+        def open(self) -> Any:
+            if self.is_connected or self.gateway or "sock" in self.connect_kwargs:
+                return super().open()
+            try:
+                self.connect_kwargs["sock"] = quick_socket(str(self.host), int(self.port), self.connect_timeout)
+            except OSError:
+                return super().open()
+            try:
+                return super().open()
+            finally:
+                self.connect_kwargs.pop("sock", None)
+
+    _CONNECTION = Connection
+    return _CONNECTION
+
+
 def _connection(target: Target, conf: CaiConfig, overrides: dict[str, Any] | None = None) -> Any:
     """A ``fabric.Connection`` for a remote target (not connected yet), reading the right ssh config."""
     import fabric
 
+    connection = _connection_class()
     if target.kind == "lima":
         path = lima_ssh_config(conf, target.vm)
         if not path.is_file():
@@ -200,13 +265,13 @@ def _connection(target: Target, conf: CaiConfig, overrides: dict[str, Any] | Non
                 f"check `limactl list`; create or start it with `limactl start {target.vm}`",
             )
         config = fabric.Config(runtime_ssh_path=str(path), overrides=overrides or {})
-        return fabric.Connection(lima_alias(target.vm), config=config, connect_timeout=15)
+        return connection(lima_alias(target.vm), config=config, connect_timeout=15)
     ssh_config = host_ssh_config(conf)
     if ssh_config is not None:
         config = fabric.Config(runtime_ssh_path=str(ssh_config), overrides=overrides or {})
     else:
         config = fabric.Config(overrides=overrides or {})
-    return fabric.Connection(
+    return connection(
         target.host, user=target.user or None, port=target.port, config=config, connect_timeout=15
     )
 
