@@ -178,7 +178,7 @@ def new_host_answers(c: CaiConfig, os_probe: str, host_state: str) -> dict[Any, 
     return {
         # the host layout probe: without systemd, nothing of ContainAI installed yet
         re.compile(r"^p\(\) \{ printf"): Result((GOLDEN / "layout" / "no-systemd-nothing-installed.txt").read_text()),
-        re.compile(r"echo os=\$\(uname -s\)"): Result(os_probe),
+        re.compile(r"echo os=\$\(uname -s\)|set -- \$\(uname -srm\); echo os="): Result(os_probe),
         re.compile(r"echo pid1=.*engine_state"): Result(host_state),
         re.compile(r"id -u; sudo -n true"): Result("0\n"),
         re.compile(r".*sysbox-runc --version"): Result((GOLDEN / "sysbox-runc" / "upstream-0.6.7.txt").read_text()
