@@ -23,6 +23,11 @@ from typing import Any
 from ops.errors import EngineError, NotFoundError, OpsError
 
 SSH_PORT_LABEL = "containai.ssh-port"
+#: How many container starts are in flight at once. dockerd serialises much of a start (containerd, the
+#: shim, runc, the mounts) on a host's few cores: 20 starts sent at once on 2 cores delayed the first
+#: StartedAt by 1.8 s and the last one with it; 4 to 8 in flight, in the order the containers exited,
+#: brought the last container back 0.5-1 s sooner (bench/update_downtime).
+START_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -302,16 +307,20 @@ class Engine:
         return self._parallel(names, lambda n: self.client.api.stop(n, timeout=timeout), on_done)
 
     def start_all(
-        self, names: Sequence[str], on_done: Callable[[ActionResult], None] | None = None
+        self, names: Sequence[str], on_done: Callable[[ActionResult], None] | None = None,
+        workers: int | None = None,
     ) -> list[ActionResult]:
-        """Start containers in parallel."""
-        return self._parallel(names, lambda n: self.client.api.start(n), on_done)
+        """Start containers, ``workers`` at a time (default :data:`START_WORKERS`), in the order given:
+        one ``POST /containers/NAME/start`` each (a container that already runs answers 304, a no-op)."""
+        return self._parallel(names, lambda n: self.client.api.start(n), on_done,
+                              workers or START_WORKERS)
 
     def _parallel(
         self,
         names: Iterable[str],
         action: Callable[[str], Any],
         on_done: Callable[[ActionResult], None] | None,
+        workers: int = 64,
     ) -> list[ActionResult]:
         names = list(names)
         if not names:
@@ -327,7 +336,7 @@ class Engine:
                 on_done(result)
             return result
 
-        with ThreadPoolExecutor(max_workers=min(64, len(names))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, 64, len(names)))) as pool:
             return list(pool.map(one, names))
 
 

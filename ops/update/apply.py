@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ops.config import CaiConfig
 from ops.errors import EngineError, OpsError, RefusedError
@@ -30,6 +30,9 @@ from ops.update import steps as st
 from ops.update import timeouts as tm
 from ops.update.facts import DOWN_STATES, UpdateFacts, gather, running_containers
 from ops.update.hostio import Host
+
+if TYPE_CHECKING:
+    from ops.engine import Engine
 
 Emit = Callable[[str], None]
 _SHA_RE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(\S.*)$")
@@ -153,20 +156,26 @@ apt_reason = st.apt_reason
 
 def wait_engine(docker_host: str, conf: CaiConfig, timeout: float = 90, unit: str = ENGINE_UNIT) -> None:
     """Wait until the engine answers a ping (through a new connection each try)."""
+    answering(docker_host, conf, timeout, unit).close()
+
+
+def answering(docker_host: str, conf: CaiConfig, timeout: float = 90, unit: str = ENGINE_UNIT) -> Engine:
+    """Wait until the engine answers (``GET /version`` through a new connection each try, 50 ms apart)
+    and return that connection, so that what follows (the containers' start) sends its first request
+    at once."""
     from ops.engine import Engine
 
     deadline = time.monotonic() + timeout
     last = ""
     while True:
         try:
-            Engine.connect(docker_host, conf.label, timeout=10).close()
-            return
+            return Engine.connect(docker_host, conf.label, timeout=10)
         except EngineError as exc:
             last = exc.message
         if time.monotonic() > deadline:
             raise EngineError(f"the engine did not answer a ping within {timeout:.0f}s after the restart ({last})",
                               f"see `journalctl -u {unit}`; then inv update --resume")
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 def budget(host: Host, conf: CaiConfig, engine_unit: str = ENGINE_UNIT) -> int:
@@ -209,15 +218,18 @@ def start_unit_if_loaded(host: Host, unit: str, timeout: int = 600) -> None:
         host.sh(f"systemctl start {unit}", what=f"systemctl start {unit}", timeout=timeout)
 
 
-def stop_containers(docker_host: str, conf: CaiConfig, names: list[str], emit: Emit, progress: bool) -> None:
-    """Stop managed containers in parallel (each with the stop timeout); fail if any still runs."""
+def stop_containers(docker_host: str, conf: CaiConfig, names: list[str], emit: Emit, progress: bool) -> list[str]:
+    """Stop managed containers in parallel (each with the stop timeout); fail if any still runs; return
+    their names in the order they were stopped."""
     from ops.engine import ActionResult, Engine
 
     engine = Engine.connect(docker_host, conf.label)
     done = [0]
+    order: list[str] = []
 
     def on_done(r: ActionResult) -> None:
         done[0] += 1
+        order.append(r.name)
         if progress:
             emit(f"  {'stopped' if r.ok else 'FAILED to stop'} {r.name} ({done[0]}/{len(names)})"
                  + (f": {r.detail}" if r.detail else ""))
@@ -230,23 +242,29 @@ def stop_containers(docker_host: str, conf: CaiConfig, names: list[str], emit: E
     failed = [r.name for r in results if not r.ok] + sorted(still - {r.name for r in results if not r.ok})
     if failed:
         raise OpsError(f"could not stop {', '.join(failed)}", "check them with docker ps; nothing was upgraded")
+    return order
 
 
-def start_containers(docker_host: str, conf: CaiConfig, names: list[str]) -> list[str]:
-    """Start the named containers that are not running; return the names that could not be started."""
+def start_containers(docker_host: str, conf: CaiConfig, names: list[str], engine: Engine | None = None) -> list[str]:
+    """Start the named containers; return the names that could not be started (or do not run after).
+
+    One ``POST /containers/NAME/start`` per container, in the order given (a container that already runs
+    answers 304, a no-op; one that is gone answers 404): nothing is listed or inspected before the
+    starts, the one listing comes after them. ``engine``: a connection to use (and leave open).
+    """
     from ops.engine import Engine
 
-    engine = Engine.connect(docker_host, conf.label)
+    own = engine is None
+    if engine is None:
+        engine = Engine.connect(docker_host, conf.label)
     try:
-        existing = {c.name: c for c in engine.managed()}
-        todo = [n for n in names if n in existing and not existing[n].running]
-        results = engine.start_all(todo)
+        results = engine.start_all(names)
         running = {c.name for c in engine.running_managed()}
     finally:
-        engine.close()
+        if own:
+            engine.close()
     bad = [r.name for r in results if not r.ok]
-    missing = [n for n in names if n not in existing]
-    return sorted(set(bad) | {n for n in names if n in existing and n not in running} | set(missing))
+    return sorted(set(bad) | {n for n in names if n not in running})
 
 
 def interrupted_message(j: jr.Journal, where: str) -> OpsError:
@@ -262,25 +280,43 @@ def interrupted_message(j: jr.Journal, where: str) -> OpsError:
 # --- the flow -------------------------------------------------------------------------------------------
 
 class _EngineCalls:
-    """The engine calls of a session's steps, on its target's engine (``ops.update.steps.EngineCalls``)."""
+    """The engine calls of a session's steps, on its target's engine (``ops.update.steps.EngineCalls``).
+
+    The stop remembers the order in which the containers exited, and the start starts them in that
+    order; the wait for the restarted engine keeps its connection for the start that follows it."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        self.exited: list[str] = []
+        self.engine: Engine | None = None
 
     def stop(self, names: list[str]) -> None:
         s = self.session
-        stop_containers(s.docker_host, s.conf, names, s.emit, s.opts.progress)
+        self.exited = stop_containers(s.docker_host, s.conf, names, s.emit, s.opts.progress)
 
     def start(self, names: list[str]) -> None:
         s = self.session
-        bad = start_containers(s.docker_host, s.conf, names)
+        rank = {n: i for i, n in enumerate(self.exited)}
+        ordered = sorted(names, key=lambda n: rank.get(n, len(rank)))
+        engine, self.engine = self.engine, None
+        try:
+            bad = start_containers(s.docker_host, s.conf, ordered, engine)
+        finally:
+            if engine is not None:
+                engine.close()
         if bad:
             raise OpsError(f"could not start {', '.join(bad)} after the update",
                            "see `docker logs NAME`; then inv update --resume")
 
     def wait(self) -> None:
         s = self.session
-        wait_engine(s.docker_host, s.conf, unit=s.engine_unit)
+        self.close()
+        self.engine = answering(s.docker_host, s.conf, unit=s.engine_unit)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
 
 class Session:
@@ -303,7 +339,9 @@ class Session:
         self.layout: Layout | None = None  # read by read_layout(); None: nothing installed yet (containai)
 
     def close(self) -> None:
-        """Release the engine forward, the staging directory and the lock."""
+        """Release the engine connection and forward, the staging directory and the lock."""
+        if self._env is not None and isinstance(self._env.engine, _EngineCalls):
+            self._env.engine.close()
         if self._host is not None:
             self._host.cleanup()
         self._stack.close()

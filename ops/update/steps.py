@@ -682,8 +682,9 @@ class StartContainers(PlanOp):
             env.engine.start(names)
         yield Command(ENGINE, f"docker -H {env.socket} start {' '.join(names)}",
                       f"starting {len(names)} container(s)",
-                      note="POST /containers/NAME/start for each that does not run, in parallel; then "
-                      "GET /containers/json: all of them must run", call=call)
+                      note="POST /containers/NAME/start for each, a few at a time, in the order they "
+                      "exited (one that runs answers 304); then GET /containers/json: all of them must run",
+                      call=call)
 
 
 @dataclass(frozen=True)
@@ -713,7 +714,8 @@ def sequence(p: pl.Plan, facts: UpdateFacts, conf: CaiConfig, digests: dict[str,
     download, the restart budget, the journal (only when containers stop), the rollback copy (before the
     first change, when something the engine runs on is replaced), the unpacking of the bundle; when
     containers stop, the drifted files are written and reloaded before the stop too. After each plan
-    step the journal records it as done.
+    step the journal records it as done (the restart of the engine together with the start that follows
+    it: nothing runs between the engine answering and the containers' start).
     """
     names = tuple(c.name for c in p.stop)
     by = {s.action: s for s in p.steps}
@@ -750,11 +752,16 @@ def sequence(p: pl.Plan, facts: UpdateFacts, conf: CaiConfig, digests: dict[str,
     ordered = [s for s in p.steps if s.action in early] + [s for s in p.steps if s.action not in early]
     # while the containers are down nothing waits that can run after they are up again
     late_guard = bool(names) and pl.RESTART_ENGINE in by and pl.START in by
-    for s in ordered:
+    actions = [s.action for s in ordered]
+    for i, s in enumerate(ordered):
         ops.append(plan_op(s, names, files, engine_unit, drop_backup=guarded, finish=not late_guard))
         if journal is not None:
             journal = journal.with_done(s.action)
-            ops.append(WriteJournal(journal))
+            # nothing is written between the engine answering and the start of the containers: the
+            # journal written after the start records both steps (it already names every container a
+            # --resume starts, which is all it needs to)
+            if not (s.action == pl.RESTART_ENGINE and actions[i + 1:i + 2] == [pl.START]):
+                ops.append(WriteJournal(journal))
     if late_guard:
         ops.append(ArmGuard(guarded))
     if staged:

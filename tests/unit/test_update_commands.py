@@ -136,7 +136,7 @@ def test_the_order_of_a_full_upgrade_keeps_every_safety_property() -> None:
     assert first.region == st.JOURNAL and first.journal.done == () and first.journal.started == STARTED
     # after the stop: renames, install from apt's cache, restarts, start
     assert k[stop:] == ["StopContainers", "WriteJournal", "SwitchDockerd", "WriteJournal", "InstallSysbox",
-                        "WriteJournal", "RestartSysbox", "WriteJournal", "RestartEngine", "WriteJournal",
+                        "WriteJournal", "RestartSysbox", "WriteJournal", "RestartEngine",
                         "StartContainers", "WriteJournal", "ArmGuard", "Cleanup"]
     last = [op for op in ops if isinstance(op, st.WriteJournal)][-1]
     assert last.journal.done == ("write-units", "daemon-reload", "stop-containers", "install-dockerd",
