@@ -144,7 +144,8 @@ def fleet(lab_engine: str, tiny_image: str) -> Iterator[dict[str, Any]]:
 def test_stop_and_start_managed_in_parallel(fleet: dict[str, Any], tmp_path: Path) -> None:
     c = conf(tmp_path, label=fleet["label"], stop_timeout=30)
     lines: list[str] = []
-    stop_containers(fleet["host"], c, fleet["names"], lines.append, progress=True)
+    order = stop_containers(fleet["host"], c, fleet["names"], lines.append, progress=True)
+    assert sorted(order) == sorted(fleet["names"])  # the order they exited in, for the start
     client = fleet["client"]
     for name in fleet["names"]:
         attrs = client.api.inspect_container(name)
@@ -154,6 +155,32 @@ def test_stop_and_start_managed_in_parallel(fleet: dict[str, Any], tmp_path: Pat
     assert start_containers(fleet["host"], c, fleet["names"]) == []
     assert all(client.api.inspect_container(n)["State"]["Status"] == "running" for n in fleet["names"])
     assert start_containers(fleet["host"], c, [*fleet["names"], "t-update-nonexistent"]) == ["t-update-nonexistent"]
+
+
+def test_starts_go_in_the_order_given_on_the_connection_given(fleet: dict[str, Any], tmp_path: Path) -> None:
+    """The update starts the containers in the order they exited, a few at a time, on the connection
+    that saw the engine answer (left open for the caller); one at a time, StartedAt follows the order."""
+    from ops.engine import Engine
+
+    c = conf(tmp_path, label=fleet["label"], stop_timeout=30)
+    client = fleet["client"]
+    names = fleet["names"]
+    for name in names:
+        client.api.stop(name, timeout=0)
+    wanted = list(reversed(names))
+    engine = Engine.connect(fleet["host"], fleet["label"])
+    try:
+        results = engine.start_all(wanted, workers=1)
+        assert [r.name for r in results] == wanted and all(r.ok for r in results)
+        started = sorted(names, key=lambda n: client.api.inspect_container(n)["State"]["StartedAt"])
+        assert started == wanted
+        for name in names:
+            client.api.stop(name, timeout=0)
+        assert start_containers(fleet["host"], c, wanted, engine) == []
+        assert engine.ping()  # still open: the caller closes it
+    finally:
+        engine.close()
+    assert all(client.api.inspect_container(n)["State"]["Status"] == "running" for n in names)
 
 
 def test_inv_update_local_bad_input(tmp_path: Path) -> None:
