@@ -169,7 +169,9 @@ def answering(docker_host: str, conf: CaiConfig, timeout: float = 90, unit: str 
     last = ""
     while True:
         try:
-            return Engine.connect(docker_host, conf.label, timeout=10)
+            # the start's requests go through this connection: the SDK's usual 30 s per request (a
+            # refused or missing socket still fails at once, before any request)
+            return Engine.connect(docker_host, conf.label)
         except EngineError as exc:
             last = exc.message
         if time.monotonic() > deadline:
