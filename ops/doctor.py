@@ -136,8 +136,11 @@ def _component(r: Resolved, code: str, label: str, installed: Observed, bundled:
     return _f(r, f"{code}.current", "info", f"{label} {installed} is current", "", **data)
 
 
-def host_readiness_findings(r: Resolved) -> list[Finding]:
-    """fusermount3, the fuse 2 package, the fusermount3 AppArmor profile, the Sysbox units."""
+def host_readiness_findings(r: Resolved, states: dict[str, Any] | None = None) -> list[Finding]:
+    """fusermount3, the fuse 2 package, the fusermount3 AppArmor profile, the Sysbox units.
+
+    ``states``: the units as the layout probe read them; Sysbox's unit state is read from there when it
+    holds it, else asked on the target."""
     out: list[Finding] = []
     if not probes.has_command(r.ctx, "fusermount3"):
         out.append(_f(r, "fuse.fusermount3-missing", "error", "fusermount3 is missing (sysbox-fs needs it)",
@@ -153,7 +156,8 @@ def host_readiness_findings(r: Resolved) -> list[Finding]:
                       "'fusermount3: mount failed: Permission denied'",
                       "aa-complain /etc/apparmor.d/fusermount3 (apt-get install apparmor-utils)"))
     if r.facts.systemd_pid1 and probes.has_command(r.ctx, "sysbox-runc"):
-        state = probes.unit_active(r.ctx, "sysbox.service")
+        read = (states or {}).get("sysbox.service")
+        state = read.active if read is not None and read.load else probes.unit_active(r.ctx, "sysbox.service")
         if state != "active":
             out.append(_f(r, "sysbox.unit-inactive", "error", f"sysbox.service is {state}",
                           "systemctl start sysbox; journalctl -u sysbox-fs -u sysbox-mgr for the cause"))
@@ -180,14 +184,15 @@ def engine_findings(r: Resolved, engine: Any, error: OpsError | None) -> list[Fi
     return out
 
 
-def _extra_checks(layout: Any = None, client: Any = None) -> list[Check]:
+def _extra_checks(layout: Any = None, client: Any = None, states: dict[str, Any] | None = None) -> list[Check]:
     """Checks contributed by the feature modules: units (drift, engine and guard units, of the host
-    layout), ownership/taint (only with an engine: the repair modules are imported then) and SSH
-    (``client``: this machine's ``ssh -V``, started while the target runs its probe)."""
+    layout; ``states``: the units as the layout probe read them), ownership/taint (only with an engine:
+    the repair modules are imported then) and SSH (``client``: this machine's ``ssh -V``, started while
+    the target runs its probe)."""
     from ops import ssh_health, units
 
     def unit_checks(r: Resolved, engine: Any, conf: CaiConfig) -> list[Finding]:
-        return units.doctor_findings(r.ctx, conf, r.name, r.platform, layout)
+        return units.doctor_findings(r.ctx, conf, r.name, r.platform, layout, states)
 
     def ownership(r: Resolved, engine: Any, conf: CaiConfig) -> list[Finding]:
         if engine is None:
@@ -210,23 +215,18 @@ def host_probes(conf: CaiConfig) -> list[str]:
     :class:`ops.facts.OnlyIf` that: elsewhere the round trip skips them, and the checks, which read
     PID 1 first, never ask for them."""
     from ops import units
-    from ops.layout import CAI_SOCKET, VM_SOCKET, LayoutFacts, lima_vm_layout, probe_command
+    from ops.layout import LayoutFacts, lima_vm_layout, probe_command
 
     def systemd_only(layout: Any) -> list[str]:
-        # units.doctor_commands: PID 1's name first, the rest only under systemd. The engine unit's state
-        # of a found layout comes from the layout probe's systemctl show (units.doctor_findings reads it
-        # there): only the one asked when no layout is found (layout None) stays, and it runs only where
-        # no engine socket exists (a layout needs one; elsewhere a check that asks runs it on its own)
-        pid1, *rest = units.doctor_commands(conf, layout)
-        no_engine = f"{probes.IF_PID1_SYSTEMD} && [ ! -S {CAI_SOCKET} ] && [ ! -S {VM_SOCKET} ]"
-        return [pid1, *(probes.OnlyIf(c, no_engine if c == units.engine_active_command(None)
-                                      else probes.IF_PID1_SYSTEMD) for c in rest
-                        if layout is None or c != units.engine_active_command(layout))]
+        # units.doctor_commands: PID 1's name, the installed files (only under systemd), then the engine's
+        # and the guard's unit states, which the layout probe's one systemctl show reads (with Sysbox's):
+        # the checks read them there (units.doctor_findings, host_readiness_findings)
+        pid1, dump, *_states = units.doctor_commands(conf, layout)
+        return [pid1, probes.OnlyIf(dump, probes.IF_PID1_SYSTEMD)]
 
     return [probe_command(conf.label),
             probes.SYSBOX_PROBE, probes.bundle_probe(conf.opt_dir), probes.has_command_probe("fusermount3"),
             probes.dpkg_probe("fuse"), probes.APPARMOR_PROBE, probes.has_command_probe("sysbox-runc"),
-            probes.OnlyIf(probes.unit_active_probe("sysbox.service"), probes.IF_PID1_SYSTEMD),
             rollback_left_probe(conf),
             *systemd_only(None),  # the unit checks of either layout
             *systemd_only(lima_vm_layout(LayoutFacts(), ""))]
@@ -285,16 +285,20 @@ class WarmUp:
         self.thread.join()
 
 
-def layout_findings(r: Resolved, conf: CaiConfig) -> tuple[Any, list[Finding]]:
-    """The target's host layout (None when it matches none, or both) and its findings."""
+def layout_findings(r: Resolved, conf: CaiConfig) -> tuple[Any, dict[str, Any], list[Finding]]:
+    """The target's host layout (None when it matches none, or both), the units' states the layout probe
+    read (:class:`ops.layout.Unit` by name; empty when the probe failed) and the layout's findings."""
     from ops import layout as lay
 
     try:
         facts = lay.read_facts(r.ctx, conf, r.name)
+    except lay.LayoutError as exc:
+        return None, {}, [lay.layout_error_finding(exc, r.name, r.platform)]
+    try:
         layout = lay.decide(facts, r.name, conf.layout)
     except lay.LayoutError as exc:
-        return None, [lay.layout_error_finding(exc, r.name, r.platform)]
-    return layout, lay.findings(layout, facts, r.name, r.platform)
+        return None, facts.units, [lay.layout_error_finding(exc, r.name, r.platform)]
+    return layout, facts.units, lay.findings(layout, facts, r.name, r.platform)
 
 
 def check_target(text: str, conf: CaiConfig, base: Any = None, alone: bool = False,
@@ -333,7 +337,7 @@ def _check(report: TargetReport, text: str, conf: CaiConfig, base: Any, prefetch
     findings = report.findings
     try:
         findings += platform_findings(r)
-        layout, found = layout_findings(r, conf)
+        layout, states, found = layout_findings(r, conf)
         findings += found
         if layout is not None:  # the engine, socket and data root of the layout
             from ops.layout import conf_for
@@ -341,7 +345,7 @@ def _check(report: TargetReport, text: str, conf: CaiConfig, base: Any, prefetch
             conf = conf_for(conf, layout)
             report.facts["layout"] = layout.name
         findings += version_findings(r, conf, layout)
-        findings += host_readiness_findings(r)
+        findings += host_readiness_findings(r, states)
         findings += left_findings(probes.run(r.ctx, rollback_left_probe(conf))[1], conf, r.name, r.platform)
         # a remote engine: through channels of the connection the probes used (one SSH connection)
         with engine_host(r.target, conf, r.ctx) as docker_host:
@@ -354,7 +358,7 @@ def _check(report: TargetReport, text: str, conf: CaiConfig, base: Any, prefetch
                 if engine is not None:
                     engine.snapshot()  # every check below reads this one listing
                 findings += engine_findings(r, engine, error)
-                for check in _extra_checks(layout, warm.client):
+                for check in _extra_checks(layout, warm.client, states):
                     findings += check(r, engine, conf)
             finally:
                 if engine is not None:

@@ -35,6 +35,12 @@ LAYOUTS = (CONTAINAI, LIMA_VM)
 CAI_UNIT = "containai-docker.service"
 VM_UNIT = "docker.service"
 CONTAINERD_UNIT = "containerd.service"
+#: The stop hook's unit (same name in both layouts) and Sysbox's unit: the layout probe reads their states
+#: in its one ``systemctl show`` too, for the checks of the units (``ops.units``) and of Sysbox.
+GUARD_UNIT = "containai-docker-guard.service"
+SYSBOX_UNIT = "sysbox.service"
+#: The units whose states the layout probe reads (one ``systemctl show``).
+PROBED_UNITS = (CAI_UNIT, VM_UNIT, CONTAINERD_UNIT, GUARD_UNIT, SYSBOX_UNIT)
 CAI_SOCKET = "/var/run/containai-docker.sock"
 VM_SOCKET = "/var/run/docker.sock"
 CAI_DAEMON_JSON = "/etc/containai/docker/daemon.json"
@@ -78,6 +84,7 @@ class Unit:
     active: str = ""  # is-active: active, inactive, failed, ...
     path: str = ""  # FragmentPath
     text: str | None = None  # the unit file's content (containai-docker only)
+    sub: str = ""  # SubState: running, exited, dead, failed, ...
 
     @property
     def present(self) -> bool:
@@ -145,7 +152,7 @@ def probe_command(label: str = "containai.managed=true", engines: bool = True) -
     ``engines=False``: without the engines' answers (no docker call on the target); the caller asks the
     engines itself, through the Docker API, and adds :func:`engine_lines` to the output."""
     q = shlex.quote
-    units = " ".join((CAI_UNIT, VM_UNIT, CONTAINERD_UNIT))
+    units = " ".join(PROBED_UNITS)
     files = " ".join((CAI_DAEMON_JSON, VM_DAEMON_JSON, f"{CAI_OPT}/VERSION"))
     asked = [] if not engines else [
         # the engines first, in the background (each docker call takes a while): every line is one
@@ -167,24 +174,26 @@ def probe_command(label: str = "containai.managed=true", engines: bool = True) -
         "p() { printf '%s=%s\\n' \"$1\" \"$2\"; }",
         *asked,
         # systemctl only where systemd is PID 1: elsewhere it fails (slowly) with nothing on stdout.
-        # PID 1's name is read by the shell itself; one `systemctl show` answers for the three units,
-        # one block each, in the order asked, blocks separated by an empty line (ActiveState is what
-        # `systemctl is-active` prints).
+        # PID 1's name is read by the shell itself; one `systemctl show` answers for every unit of
+        # PROBED_UNITS, one block each, in the order asked, blocks separated by an empty line
+        # (ActiveState is what `systemctl is-active` prints).
         "{ read -r i1 < /proc/1/comm; } 2>/dev/null || i1=",
         f"set -- {units}",
         "x=",
-        '[ "$i1" != systemd ] || x=$(systemctl show -p LoadState -p ActiveState -p FragmentPath "$@" 2>/dev/null)',
+        '[ "$i1" != systemd ] || x=$(systemctl show -p LoadState -p ActiveState -p SubState -p FragmentPath "$@"'
+        ' 2>/dev/null)',
         f"c=/etc/systemd/system/{CAI_UNIT}",
-        'e() { p "load:$1" "$l"; p "active:$1" "$a"',
+        'e() { p "load:$1" "$l"; p "active:$1" "$a"; p "sub:$1" "$u"',
         f'  [ "$1" != {CAI_UNIT} ] || [ -z "$f" ] || c=$f',
         '  if [ -z "$f" ]; then for d in /etc/systemd/system /lib/systemd/system /usr/lib/systemd/system; do',
         '    if [ -f "$d/$1" ]; then f="$d/$1"; break; fi; done; fi',
-        '  p "path:$1" "$f"; l= a= f=; }',
-        "l= a= f=",
+        '  p "path:$1" "$f"; l= a= u= f=; }',
+        "l= a= u= f=",
         "while IFS= read -r y; do",
         "  case $y in",
         "    LoadState=*) l=${y#*=} ;;",
         "    ActiveState=*) a=${y#*=} ;;",
+        "    SubState=*) u=${y#*=} ;;",
         "    FragmentPath=*) f=${y#*=} ;;",
         "    '') if [ \"$#\" -gt 0 ]; then e \"$1\"; shift; fi ;;",
         "  esac",
@@ -256,7 +265,7 @@ def parse_probe(text: str) -> LayoutFacts:
         if not sep:
             continue
         kind, _, name = key.partition(":")
-        if kind in ("load", "active", "path") and name:
+        if kind in ("load", "active", "sub", "path") and name:
             units.setdefault(name, {})[kind] = value.strip()
         elif kind == "socket":
             sockets[name] = value.strip() == "yes"
@@ -297,7 +306,7 @@ def parse_probe(text: str) -> LayoutFacts:
     for name, raw in units.items():
         path = raw.get("path", "")
         unit_facts[name] = Unit(raw.get("load", ""), raw.get("active", ""), path,
-                                files.get(path) if name == CAI_UNIT and path else None)
+                                files.get(path) if name == CAI_UNIT and path else None, raw.get("sub", ""))
     version = files.get(f"{CAI_OPT}/VERSION")
     return LayoutFacts(
         units=unit_facts, sockets=sockets, files=files, unreadable=tuple(unreadable),

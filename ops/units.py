@@ -22,6 +22,7 @@ Rendering and drift detection are pure; ``install`` is the only writer.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,9 @@ from typing import Any
 from ops.config import CaiConfig
 from ops.errors import ConfigError, OpsError
 from ops.filedump import UNREADABLE, FileState, dump_command, parse_dump
-from ops.layout import LIMA_VM, VM_GUARD_SCRIPT, Layout, daemon_defaults
+from ops.layout import GUARD_UNIT, LIMA_VM, VM_GUARD_SCRIPT, Layout, Unit, daemon_defaults
 
 ENGINE_UNIT = "containai-docker.service"
-GUARD_UNIT = "containai-docker-guard.service"
 SYSBOX_UNITS = ("sysbox.service", "sysbox-mgr.service", "sysbox-fs.service")
 DAEMON_JSON = "/etc/containai/docker/daemon.json"
 EXEC_ROOT = "/var/run/containai-docker"
@@ -345,10 +345,12 @@ def engine_active_command(layout: Layout | None = None) -> str:
 
 
 def doctor_findings(ctx: Any, conf: CaiConfig, target: str, platform: str,
-                    layout: Layout | None = None) -> list[Any]:
+                    layout: Layout | None = None, states: Mapping[str, Unit] | None = None) -> list[Any]:
     """Doctor checks: ``units.drift`` (warning, with the diff), ``engine.unit-inactive`` and
     ``guard.unit-inactive`` (errors).
 
+    ``states``: the units as the layout probe read them (its one ``systemctl show``); the engine unit's
+    and the guard unit's states are read from there when it holds them, else asked on the target.
     On a host whose PID 1 is not systemd there are no unit findings (other checks report that).
     """
     from ops.findings import Finding
@@ -375,6 +377,9 @@ def doctor_findings(ctx: Any, conf: CaiConfig, target: str, platform: str,
         ))
     # the layout read the engine unit's ActiveState (what is-active prints) in the same round trip
     state = layout.engine_state if layout is not None else ""
+    engine_read = (states or {}).get(engine_unit)
+    if not state and engine_read is not None and engine_read.load:
+        state = engine_read.active
     if not state:
         _c, active, _e = run(ctx, engine_active)
         state = active.strip() or "unknown"
@@ -384,8 +389,12 @@ def doctor_findings(ctx: Any, conf: CaiConfig, target: str, platform: str,
             f"start it with `sudo systemctl start {engine_unit}`; see `journalctl -u {engine_unit}`",
             platform, {"unit": engine_unit, "state": state},
         ))
-    _c, shown, _e = run(ctx, guard_show)
-    guard = guard_finding(parse_unit_show(shown), engine_active=state == "active")
+    read = (states or {}).get(GUARD_UNIT)
+    if read is not None and read.load:
+        shown = {"LoadState": read.load, "ActiveState": read.active, "SubState": read.sub}
+    else:
+        shown = parse_unit_show(run(ctx, guard_show)[1])
+    guard = guard_finding(shown, engine_active=state == "active")
     if guard is not None:
         message, data = guard
         findings.append(Finding(

@@ -80,3 +80,29 @@ def test_guard_inactive_or_failed_is_an_error(engine: str, guard: str, reported:
         state = guard.split()[1]
         assert hook.severity == "error" and hook.message.startswith(f"containai-docker-guard.service is {state}")
         assert "systemctl start containai-docker-guard" in hook.hint and hook.data["state"] == state
+
+
+@pytest.mark.parametrize(("engine", "guard", "reported"), [
+    ("active", "loaded failed failed", True),
+    ("active", "loaded active exited", False),
+    ("inactive", "loaded failed failed", True),
+])
+def test_unit_states_come_from_the_layout_probe(engine: str, guard: str, reported: bool) -> None:
+    """Given the states the layout probe's one systemctl show read, the checks ask systemctl nothing more
+    (the context answers no systemctl call) and find the same."""
+    from ops.layout import parse_probe
+
+    load, state, sub = guard.split()
+    probe = (f"load:containai-docker.service=loaded\nactive:containai-docker.service={engine}\n"
+             f"sub:containai-docker.service={'running' if engine == 'active' else 'dead'}\n"
+             f"load:containai-docker-guard.service={load}\nactive:containai-docker-guard.service={state}\n"
+             f"sub:containai-docker-guard.service={sub}\n")
+    states = parse_probe(probe).units
+    assert states["containai-docker-guard.service"].sub == sub
+    quiet = MockContext(run={
+        re.compile(r"^\{ read -r p < /proc/1/comm"): Result(stdout="systemd\n"),
+        re.compile(r"^for f in "): Result(stdout=dump(current_files())),
+    })
+    found = units.doctor_findings(quiet, CONF, "local", "linux", None, states)
+    assert bool([f for f in found if f.code == "guard.unit-inactive"]) == reported
+    assert bool([f for f in found if f.code == "engine.unit-inactive"]) == (engine != "active")
