@@ -97,7 +97,26 @@ def transport_of(ctx: Any) -> Any:
     if not conn.is_connected:
         conn.open()
     transport = conn.client.get_transport()
-    return transport if transport is not None and transport.is_active() else None
+    if transport is None or not transport.is_active() or not streamlocal_supported(transport):
+        return None
+    return transport
+
+
+#: The ``paramiko.Transport`` and ``Channel`` internals :func:`open_streamlocal` uses, as
+#: ``Transport.open_channel`` itself does (paramiko has no public way to open a channel of another kind).
+TRANSPORT_INTERNALS = ("lock", "_sanitize_window_size", "_sanitize_packet_size", "_next_channel", "_channels",
+                       "channel_events", "channels_seen", "_send_user_message")
+CHANNEL_INTERNALS = ("_set_transport", "_set_window")
+
+
+def streamlocal_supported(transport: Any) -> bool:
+    """True when this paramiko has the internals :func:`open_streamlocal` uses; with another paramiko
+    the callers fall back to what they did without it (an ``ssh -N`` forward, the docker CLI on the
+    target) instead of failing."""
+    from paramiko.channel import Channel
+
+    return (all(hasattr(transport, name) for name in TRANSPORT_INTERNALS)
+            and all(hasattr(Channel, name) for name in CHANNEL_INTERNALS))
 
 
 @contextlib.contextmanager
