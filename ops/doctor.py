@@ -16,7 +16,7 @@ from ops import facts as probes
 from ops.config import CaiConfig
 from ops.errors import OpsError
 from ops.findings import Finding
-from ops.targets import Resolved, engine_host, resolve
+from ops.targets import Resolved, effective_target, engine_host, parse_target, resolve
 from ops.update.rollback import left_findings
 from ops.update.rollback import left_probe as rollback_left_probe
 from ops.versions import Action, Observed, State, decide
@@ -324,9 +324,12 @@ def _check(report: TargetReport, text: str, conf: CaiConfig, base: Any, prefetch
     warm.probing.set()
     try:
         # over SSH the layout probe's engines are asked through the Docker API on the same connection
-        from ops.sshengine import layout_alongside
+        alongside = None
+        if effective_target(parse_target(text, conf.lima_vm), conf).remote:
+            from ops.sshengine import layout_alongside
 
-        r = resolve(text, conf, base, prefetch=prefetch, alongside=layout_alongside(conf.label))
+            alongside = layout_alongside(conf.label)
+        r = resolve(text, conf, base, prefetch=prefetch, alongside=alongside)
     except OpsError as exc:
         report.findings.append(Finding("target.unreachable", "error", text, exc.message, exc.hint))
         return report

@@ -19,9 +19,9 @@ does.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -123,7 +123,7 @@ def streamlocal_supported(transport: Any) -> bool:
 def register(transport: Any, path: str, where: str) -> Iterator[str]:
     """A docker host URL (``ssh-channel://<id><path>``) whose connections are channels of ``transport``
     to ``path``; valid until the block ends. ``where`` names the target in error messages."""
-    url = f"{SCHEME}{uuid.uuid4().hex[:12]}{path}"
+    url = f"{SCHEME}{os.urandom(6).hex()}{path}"
 
     def opener() -> Any:
         from paramiko.ssh_exception import ChannelException, SSHException
