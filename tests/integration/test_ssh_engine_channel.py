@@ -9,16 +9,13 @@ One SSH connection per target carries the probes and every Docker API request (c
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from _cli import inv
+from _sshd import config_text, free_port, keygen, start
 
 from ops.config import CaiConfig
 from ops.engine import Engine
@@ -26,18 +23,6 @@ from ops.errors import EngineError
 from ops.targets import engine_host, make_context, parse_target, run
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def keygen(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cai-test", "-f", str(path)],
-                   check=True, stdin=subprocess.DEVNULL)
-    return path
 
 
 class Sshd:
@@ -50,23 +35,9 @@ class Sshd:
         (folder / "authorized_keys").write_text(self.client_key.with_suffix(".pub").read_text())
         self.log = folder / "sshd.log"
         config = folder / "sshd_config"
-        config.write_text("\n".join([
-            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {keygen(folder / 'host_key')}",
-            "PidFile none", f"AuthorizedKeysFile {folder / 'authorized_keys'}", "StrictModes no", "UsePAM no",
-            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "AllowUsers root", f"AllowStreamLocalForwarding {'yes' if streamlocal else 'no'}", "LogLevel INFO", "",
-        ]))
-        os.makedirs("/run/sshd", exist_ok=True)
-        self.proc = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-f", str(config),
-                                      "-E", str(self.log)], stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while True:
-            assert self.proc.poll() is None, "sshd exited at start"
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            assert time.monotonic() < deadline, "sshd did not listen"
-            time.sleep(0.05)
+        config.write_text(config_text(self.port, [keygen(folder / "host_key")], folder / "authorized_keys",
+                                      streamlocal=streamlocal, log_level="INFO"))
+        self.proc = start(config, self.port, self.log)
 
     @property
     def target(self) -> str:

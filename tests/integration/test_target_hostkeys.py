@@ -9,17 +9,15 @@ Before the fix, Fabric accepted any key (paramiko's AutoAddPolicy, no known_host
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from _cli import inv
+from _sshd import config_text, free_port, keygen, start
 from paramiko.hostkeys import HostKeys
 
 from ops.config import CaiConfig
@@ -27,18 +25,6 @@ from ops.errors import TargetError
 from ops.targets import engine_host, make_context, parse_target, run
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def keygen(path: Path, kind: str = "ed25519") -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "cai-test", "-f", str(path)], check=True,
-                   stdin=subprocess.DEVNULL)
-    return path
 
 
 @dataclass
@@ -62,25 +48,9 @@ class Sshd:
 
     def start(self) -> None:
         config = self.dir / "sshd_config"
-        config.write_text("\n".join([
-            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.host_key}",
-            *(f"HostKey {k}" for k in self.extra_host_keys), "PidFile none",
-            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}", "StrictModes no", "UsePAM no",
-            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "AllowUsers root", "AllowStreamLocalForwarding yes", "LogLevel ERROR", "",
-        ]))
-        os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
-        self.proc = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while True:
-            assert self.proc.poll() is None, "sshd exited at start"
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            assert time.monotonic() < deadline, "sshd did not listen"
-            time.sleep(0.05)
+        config.write_text(config_text(self.port, [self.host_key, *self.extra_host_keys],
+                                      self.dir / "authorized_keys"))
+        self.proc = start(config, self.port)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -26,24 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _sshd import free_port, keygen
 
 REPO = Path(__file__).resolve().parents[3]
 #: the ``inv`` console script of the interpreter running the tests (the venv's, not one on PATH)
 INV = str(Path(sys.executable).parent / "inv")
-
-
-def free_port() -> int:
-    """A port that is free on 127.0.0.1 right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def keygen(path: Path) -> Path:
-    """A fresh ed25519 key pair at path (and path.pub)."""
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cai-test", "-f", str(path)],
-                   check=True, stdin=subprocess.DEVNULL)
-    return path
 
 
 @dataclass
