@@ -319,8 +319,10 @@ class Batched:
 
                 token = os.urandom(8).hex()
                 commands, joins = self._substituted()
+                # the script is POSIX sh: run locally by /bin/sh (dash on Debian and Ubuntu starts and
+                # forks its subshells faster than bash); over SSH the target's login shell runs it
                 result = self.ctx.run(batch_script(commands, token), hide=True, warn=True, in_stream=False,
-                                      timeout=self.timeout, pty=False)
+                                      timeout=self.timeout, pty=False, shell="/bin/sh")
                 outputs = parse_batch(str(result.stdout), token, len(commands))
                 for i, join in joins.items():
                     if i in outputs:
