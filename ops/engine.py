@@ -23,10 +23,11 @@ from typing import Any
 from ops.errors import EngineError, NotFoundError, OpsError
 
 SSH_PORT_LABEL = "containai.ssh-port"
-#: How many container starts are in flight at once. dockerd serialises much of a start (containerd, the
-#: shim, runc, the mounts) on a host's few cores: 20 starts sent at once on 2 cores delayed the first
-#: StartedAt by 1.8 s and the last one with it; 4 to 8 in flight, in the order the containers exited,
-#: brought the last container back 0.5-1 s sooner (bench/update_downtime).
+#: How many container starts are in flight at once. dockerd does much of a start serially (containerd,
+#: the shim, runc, the mounts) on a host's few cores: 20 starts sent at once on 2 cores ran the first
+#: container 1.8 s after the engine answered and all of them within a few tenths of a second of each
+#: other; 8 in flight, in the order the containers exited, runs the first ones about 1 s sooner and
+#: the last one as soon (bench/update_downtime, interleaved runs).
 START_WORKERS = 8
 
 
