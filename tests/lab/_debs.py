@@ -15,9 +15,19 @@ def download(folder: Path, lab_engine: str, lab_image: str, packages: list[str])
     """Download ``packages`` and what they need beyond the lab image into ``folder``."""
     import docker
 
+    # the file itself, through the archive API of a container never started (its output read back from
+    # the log of a container that ran `cat` came back cut short once on a busy machine: a broken status)
     client = docker.DockerClient(base_url=lab_engine, timeout=120)
     try:
-        status = client.containers.run(lab_image, ["cat", "/var/lib/dpkg/status"], network_mode="none", remove=True)
+        container = client.containers.create(lab_image, ["true"], network_mode="none")
+        try:
+            stream, _stat = container.get_archive("/var/lib/dpkg/status")
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.extractfile("status")
+                assert member is not None, "no /var/lib/dpkg/status in the lab image"
+                status = member.read()
+        finally:
+            container.remove(force=True)
     finally:
         client.close()
     (folder / "status").write_bytes(status)

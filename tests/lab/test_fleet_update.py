@@ -188,8 +188,9 @@ def test_update_lima_wsl2_linux_and_serial_fleet(lab_host: Any, lab_image: str, 
         step = next(s for s in p["plan"]["steps"] if s["action"] == "install-sysbox")
         assert Path(step["deb"]).name == f"sysbox-ce_{package_version(NEW_SYSBOX)}_amd64.deb", (key, step)
         assert [c["name"] for c in p["plan"]["stop"]] == [AGENT]
-    # ... read inside the VM (`uname -m` there), not on this machine: a VM that says aarch64 gets arm64
-    sh(vm, "printf '#!/bin/sh\\n[ \"$1\" = -m ] && exec echo aarch64\\nexec /bin/uname \"$@\"\\n' "
+    # ... read inside the VM (`uname` there), not on this machine: a VM whose uname says aarch64 (for any
+    # flags: -m, -a, -srm) gets arm64
+    sh(vm, "printf '#!/bin/sh\\n/bin/uname \"$@\" | sed s/x86_64/aarch64/g\\n' "
            "> /usr/local/bin/uname && chmod 0755 /usr/local/bin/uname")
     try:
         r = inv(mac, "update", "--dry-run", "--json")
