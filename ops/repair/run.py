@@ -244,7 +244,7 @@ def report(r: Any, out: Output) -> None:
     if r.dry_run:
         out.emit(f"volume {p.name} ({who}): would repair {s.repaired} of {s.scanned} entries "
                  f"to {p.owner.ids} ({p.owner.source}); skipped {skipped}{f' ({why})' if why else ''}")
-        for e in s.examples[:EXAMPLES]:
+        for e in sorted(s.examples, key=lambda e: e.path)[:EXAMPLES]:
             out.emit(f"  would chown {show_path(e.path)} [{e.kind}] {e.uid}:{e.gid} -> "
                      f"{p.owner.uid if e.uid == 65534 else e.uid}:{p.owner.gid if e.gid == 65534 else e.gid}")
         _report_problems(p.name, s, out)

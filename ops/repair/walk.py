@@ -905,7 +905,9 @@ def _merge(total: WalkStats, seen: dict[tuple[int, int], str], part: WalkStats,
     total.repaired += part.repaired
     total.skipped.update(part.skipped)
     total.errors.extend(part.errors[: max(0, MAX_MESSAGES - len(total.errors))])
-    total.examples.extend(part.examples[: max(0, max_examples - len(total.examples))])
+    # the first examples by path, not by which worker finished first: a dry run prints the same lines
+    # each time (whenever every damaged entry fits in the examples)
+    total.examples[:] = sorted([*total.examples, *part.examples], key=lambda e: e.path)[:max_examples]
     total.truncated = total.truncated or part.truncated
     for key, outcome in links.items():
         if key not in seen:
